@@ -1,0 +1,5 @@
+import sys
+
+from pacegeo.cli import main
+
+sys.exit(main())
