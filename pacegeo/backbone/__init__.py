@@ -19,6 +19,7 @@ from pacegeo.backbone.config import (
     config_from_dict,
     config_to_dict,
     from_upstream_config,
+    pacegeo_tiny,
     tiny,
     vggt_1b,
 )
@@ -55,6 +56,7 @@ __all__ = [
     "config_from_dict",
     "config_to_dict",
     "from_upstream_config",
+    "pacegeo_tiny",
     "tiny",
     "vggt_1b",
 ]

@@ -1,0 +1,137 @@
+"""Training objectives of VGGT-style models: camera, depth and point-map losses.
+
+Ground truth follows VGGT's training normalisation (frame 0 = identity, scene scale divided by the
+mean distance of valid points), which :mod:`pacegeo.data.clips` produces. All losses return a scalar
+and a dict of detached float components for logging.
+"""
+
+import torch
+import torch.nn.functional as F
+
+from pacegeo.geometry import extri_intri_to_pose_encoding, quaternion_to_matrix
+
+
+def geodesic_angle(R_a: torch.Tensor, R_b: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Angle in radians of ``R_a^T R_b`` for rotation matrices ``[..., 3, 3]``."""
+    trace = (R_a.transpose(-1, -2) @ R_b).diagonal(dim1=-2, dim2=-1).sum(-1)
+    return torch.acos(((trace - 1) / 2).clamp(-1 + eps, 1 - eps))
+
+
+def camera_loss(
+    pose_enc_list: list[torch.Tensor],
+    gt_extrinsics: torch.Tensor,
+    gt_intrinsics: torch.Tensor,
+    image_hw: tuple[int, int],
+    weight_trans: float = 1.0,
+    weight_rot: float = 2.0,
+    weight_fov: float = 0.5,
+    gamma: float = 0.6,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Camera loss over the refinement iterations (later iterations weigh more: ``gamma^(n-1-i)``).
+
+    Translation and field of view use a Huber (smooth L1) loss on the pose encoding; rotation uses
+    the geodesic angle between predicted and true rotations, so that 10-20 degree errors carry a
+    weight comparable to the translation term (an L1 on quaternion components would not).
+
+    Args:
+        pose_enc_list: per-iteration predictions ``[B, S, 9]``.
+        gt_extrinsics: ``[B, S, 3, 4]`` OpenCV camera-from-world; gt_intrinsics ``[B, S, 3, 3]``.
+    """
+    gt = extri_intri_to_pose_encoding(gt_extrinsics, gt_intrinsics, image_hw).detach()
+    R_gt = gt_extrinsics[..., :3, :3]
+    n = len(pose_enc_list)
+    total = gt.new_zeros(())
+    parts = {"trans": 0.0, "rot_deg": 0.0, "fov": 0.0}
+    for i, pred in enumerate(pose_enc_list):
+        w = gamma ** (n - 1 - i)
+        l_t = F.smooth_l1_loss(pred[..., :3], gt[..., :3], beta=0.1)
+        angle = geodesic_angle(quaternion_to_matrix(pred[..., 3:7]), R_gt)
+        l_r = angle.mean()
+        l_f = F.smooth_l1_loss(pred[..., 7:], gt[..., 7:], beta=0.1)
+        total = total + w * (weight_trans * l_t + weight_rot * l_r + weight_fov * l_f)
+        if i == n - 1:
+            parts = {"trans": l_t.item(), "rot_deg": torch.rad2deg(l_r).item(), "fov": l_f.item()}
+    return total, parts
+
+
+def _gradient_loss(err: torch.Tensor, mask: torch.Tensor, conf: torch.Tensor | None) -> torch.Tensor:
+    """Mean absolute spatial gradient of an error map ``[N, H, W, C]`` over valid neighbours."""
+    dx = (err[:, :, 1:] - err[:, :, :-1]).abs().sum(-1)
+    dy = (err[:, 1:] - err[:, :-1]).abs().sum(-1)
+    mx = mask[:, :, 1:] & mask[:, :, :-1]
+    my = mask[:, 1:] & mask[:, :-1]
+    if conf is not None:
+        dx = dx * conf[:, :, 1:]
+        dy = dy * conf[:, 1:]
+    denom = (mx.sum() + my.sum()).clamp(min=1)
+    return ((dx * mx).sum() + (dy * my).sum()) / denom
+
+
+def confidence_regression_loss(
+    pred: torch.Tensor,
+    conf: torch.Tensor,
+    gt: torch.Tensor,
+    valid: torch.Tensor,
+    alpha: float = 0.2,
+    weight_grad: float = 1.0,
+    scales: int = 3,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Confidence-aware regression (VGGT): ``conf * ||pred - gt|| - alpha * log(conf)`` on valid
+    pixels, plus a multi-scale gradient term on the confidence-weighted error.
+
+    Args:
+        pred, gt: ``[B, S, H, W, C]``; conf: ``[B, S, H, W]`` (> 0); valid: ``[B, S, H, W]`` bool.
+    """
+    err = pred - gt
+    dist = err.norm(dim=-1)
+    mask = valid
+    n_valid = mask.sum().clamp(min=1)
+    reg = (dist * mask).sum() / n_valid
+    conf_term = ((conf * dist - alpha * torch.log(conf)) * mask).sum() / n_valid
+    flat = lambda t: t.flatten(0, 1)  # noqa: E731  [B*S, ...]
+    e, m, c = flat(err), flat(mask), flat(conf)
+    grad = err.new_zeros(())
+    for s in range(scales):
+        step = 2**s
+        grad = grad + _gradient_loss(e[:, ::step, ::step], m[:, ::step, ::step], c[:, ::step, ::step])
+    total = conf_term + weight_grad * grad / scales
+    return total, {"reg": reg.item(), "grad": (grad / scales).item()}
+
+
+def vggt_loss(
+    outputs: dict,
+    batch: dict[str, torch.Tensor],
+    weight_camera: float = 1.0,
+    weight_depth: float = 1.0,
+    weight_points: float = 1.0,
+    camera_kwargs: dict | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Sum of camera, depth and point losses for the heads present in ``outputs``.
+
+    ``batch`` holds ``images [B,S,3,H,W]``, ``depths [B,S,H,W]``, ``valid [B,S,H,W]``,
+    ``extrinsics [B,S,3,4]``, ``intrinsics [B,S,3,3]``, ``world_points [B,S,H,W,3]``.
+    """
+    hw = tuple(batch["images"].shape[-2:])
+    total = batch["images"].new_zeros(())
+    logs: dict[str, float] = {}
+    if "pose_enc_list" in outputs and weight_camera:
+        loss, parts = camera_loss(outputs["pose_enc_list"], batch["extrinsics"], batch["intrinsics"], hw, **(camera_kwargs or {}))
+        total = total + weight_camera * loss
+        logs.update({f"cam_{k}": v for k, v in parts.items()})
+        logs["loss_camera"] = loss.item()
+    if "depth" in outputs and weight_depth:
+        loss, parts = confidence_regression_loss(
+            outputs["depth"], outputs["depth_conf"], batch["depths"].unsqueeze(-1), batch["valid"]
+        )
+        total = total + weight_depth * loss
+        logs.update({f"depth_{k}": v for k, v in parts.items()})
+        logs["loss_depth"] = loss.item()
+    if "world_points" in outputs and weight_points:
+        loss, parts = confidence_regression_loss(
+            outputs["world_points"], outputs["world_points_conf"], batch["world_points"], batch["valid"]
+        )
+        total = total + weight_points * loss
+        logs.update({f"points_{k}": v for k, v in parts.items()})
+        logs["loss_points"] = loss.item()
+    logs["loss"] = total.item()
+    return total, logs
