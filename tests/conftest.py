@@ -33,5 +33,7 @@ def _deterministic():
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
     if not SHARED.is_dir():
+        if os.environ.get("CI"):
+            pytest.fail(f"shared data folder not found at {SHARED} (required in CI)")
         pytest.skip(f"shared data folder not found at {SHARED}")
     return SHARED
