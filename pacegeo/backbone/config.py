@@ -199,7 +199,7 @@ def tiny(
 
 def pacegeo_tiny() -> VGGTConfig:
     """The bundled small model: a 2-block DINO-style encoder and 6 frame/global block pairs at width
-    192 (about 13M parameters), trained on SynthRooms at low resolution."""
+    192 (about 11.7M parameters, 23 MB in float16), trained on SynthRooms at low resolution."""
     dim, heads = 192, 4
     dpt = dict(dim_in=2 * dim, features=64, out_channels=(48, 96, 192, 192), intermediate_layer_idx=(1, 3, 4, 5))
     return VGGTConfig(
@@ -211,7 +211,7 @@ def pacegeo_tiny() -> VGGTConfig:
             patch_embed="dino",
             dino=DinoConfig(img_size=224, embed_dim=dim, depth=2, num_heads=heads),
         ),
-        camera_head=CameraHeadConfig(dim_in=2 * dim, trunk_depth=2, num_heads=heads),
+        camera_head=CameraHeadConfig(dim_in=2 * dim, trunk_depth=1, num_heads=heads),
         depth_head=DPTHeadConfig(output_dim=2, activation="exp", **dpt),
         point_head=DPTHeadConfig(**dpt),
         name="pacegeo-tiny",

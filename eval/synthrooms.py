@@ -1,0 +1,198 @@
+"""Held-out SynthRooms quality of a backbone, with and without pruning.
+
+Scenes are generated from seeds far below the training range (training scenes use seeds
+>= 1,000,000), with ``pacegeo synth``'s default trajectories (``--traj-frames`` frames); each clip
+takes ``--frames`` of them, first frame plus a uniform stride, rendered at the model resolution
+with exact ground truth. Reported per pruner and keep:
+
+* depth AbsRel and delta<1.25 after per-frame median scaling, against the constant-depth baseline;
+* relative rotation / translation-direction errors over all frame pairs: RRA@15, RTA@15, AUC@30
+  and the median rotation error, against the identity-pose baseline (rotation only);
+* point Chamfer (mean of accuracy and completeness) between points unprojected from predicted depth
+  and cameras and the ground-truth points, after a Sim(3) fit on pixel correspondences, in units of
+  the scene scale (ground truth is normalised so that the mean point distance is 1);
+* median forward latency.
+
+    python eval/synthrooms.py --model pacegeo-tiny --pruners none --json out/tiny.json
+    python eval/synthrooms.py --model pacegeo-tiny --pruners none training-free random grid \
+        learned=checkpoints/pacegeo-tiny-pruner.safetensors --keep 1 0.7 0.5 0.3 0.2 --frames 8 32 \
+        --json out/pruners.json --md out/pruners.md --plot out/pruners.png
+"""
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pacegeo.data.stream import intrinsics_for_fov, normalise_clip
+from pacegeo.data.synth import make_scene, make_trajectory, render_frame
+from pacegeo.errors import PacegeoError
+from pacegeo.geometry import depth_to_world_points, pose_encoding_to_extri_intri
+from pacegeo.hub import load_backbone, read_metadata, resolve_weights
+from pacegeo.metrics import auc, chamfer, depth_metrics, relative_pose_errors, rra, rta, umeyama
+
+EVAL_SEED_BASE = 500_000
+
+
+def eval_clip(seed: int, frames: int, height: int, width: int, traj_frames: int = 64) -> dict[str, torch.Tensor]:
+    """Ground-truth clip of ``frames`` frames of scene ``seed``'s default trajectory."""
+    scene = make_scene(seed)
+    traj = make_trajectory(scene, max(traj_frames, frames))
+    idx = np.unique(np.linspace(0, len(traj) - 1, frames).round().astype(int))
+    K = intrinsics_for_fov(scene.fov_deg, height, width)
+    rgbs, depths = zip(*(render_frame(scene, traj[i], K, width, height, frame_index=int(i)) for i in idx))
+    return normalise_clip(np.stack(rgbs), np.stack(depths), traj[idx], np.repeat(K[None], len(idx), 0))
+
+
+def clip_metrics(out: dict, clip: dict[str, torch.Tensor], max_points: int = 20000) -> dict[str, float]:
+    """Depth, camera and point metrics of one prediction against its ground-truth clip."""
+    hw = tuple(clip["images"].shape[-2:])
+    ext, intr = pose_encoding_to_extri_intri(out["pose_enc"][0].float().cpu(), hw)
+    gt_ext = clip["extrinsics"]
+    valid = clip["valid"].numpy()
+    gt_depth = clip["depths"].numpy() * valid
+    pred_depth = out["depth"][0, ..., 0].float().cpu()
+    d = depth_metrics(pred_depth.numpy(), gt_depth, align="median")
+    d0 = depth_metrics(np.ones_like(gt_depth), gt_depth, align="median")
+    rot, trans = relative_pose_errors(ext, gt_ext)
+    rot_id, _ = relative_pose_errors(torch.eye(4)[:3].expand_as(gt_ext), gt_ext)
+    pred_pts = depth_to_world_points(pred_depth, ext, intr).numpy()[valid]
+    gt_pts = clip["world_points"].numpy()[valid]
+    rng = np.random.default_rng(0)
+    sel = rng.choice(len(gt_pts), size=min(max_points, len(gt_pts)), replace=False)
+    s, R, t = umeyama(pred_pts[sel], gt_pts[sel], with_scale=True)
+    aligned = s * pred_pts[sel] @ R.T + t
+    return {
+        "abs_rel": d["abs_rel"],
+        "delta_1_25": d["delta_1_25"],
+        "abs_rel_constant": d0["abs_rel"],
+        "delta_1_25_constant": d0["delta_1_25"],
+        "rot_err_med": float(np.median(rot)),
+        "rot_err_identity_med": float(np.median(rot_id)),
+        "trans_err_med": float(np.median(trans)),
+        "rra15": rra(rot, 15),
+        "rta15": rta(trans, 15),
+        "auc30": auc(rot, trans, 30),
+        "rra15_identity": rra(rot_id, 15),
+        "chamfer": chamfer(aligned, gt_pts[sel], combine="mean"),
+    }
+
+
+def build_runner(backbone, spec: str):
+    """``spec``: ``none``, ``training-free``, ``random``, ``grid``, or ``NAME=PATH`` of a pruner."""
+    if spec == "none":
+        return "none", lambda images, keep: backbone(images)
+    from pacegeo.pace import PaceVGGT, load_pruner
+
+    if "=" in spec:
+        name, path = spec.split("=", 1)
+        pace = load_pruner(path, backbone)
+    else:
+        name, pace = spec, PaceVGGT(backbone, mode=spec)
+    pace.eval()
+    return name, lambda images, keep: pace(images, keep=keep)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="pacegeo-tiny")
+    p.add_argument("--pruners", nargs="+", default=["none"])
+    p.add_argument("--keep", type=float, nargs="+", default=[1.0])
+    p.add_argument("--frames", type=int, nargs="+", default=[8])
+    p.add_argument("--scenes", type=int, default=20)
+    p.add_argument("--seed", type=int, default=EVAL_SEED_BASE)
+    p.add_argument("--traj-frames", type=int, default=64, help="length of the default trajectory clips sample from")
+    p.add_argument("--size", default=None, help="HxW model input (default: the checkpoint's training size)")
+    p.add_argument("--json", type=Path, required=True)
+    p.add_argument("--md", type=Path, default=None)
+    p.add_argument("--plot", type=Path, default=None)
+    args = p.parse_args(argv)
+    torch.manual_seed(0)
+    try:
+        model = load_backbone(args.model).eval()
+        if args.size:
+            height, width = (int(v) for v in args.size.lower().split("x"))
+        else:
+            meta = read_metadata(resolve_weights(args.model))
+            width = int(json.loads(meta.get("preprocess", '{"target_size": 154}'))["target_size"])
+            height = int(round(width * 0.75 / 14)) * 14
+        runners = [build_runner(model, spec) for spec in args.pruners]
+    except PacegeoError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    records = []
+    for frames in args.frames:
+        clips = [eval_clip(args.seed + i, frames, height, width, args.traj_frames) for i in range(args.scenes)]
+        for name, run in runners:
+            keeps = [1.0] if name == "none" else args.keep
+            for keep in keeps:
+                per_clip, times = [], []
+                with torch.inference_mode():
+                    for clip in clips:
+                        images = clip["images"][None]
+                        start = time.perf_counter()
+                        out = run(images, keep)
+                        times.append(time.perf_counter() - start)
+                        per_clip.append(clip_metrics(out, clip))
+                rec = {k: float(np.mean([m[k] for m in per_clip])) for k in per_clip[0]}
+                rec.update(model=args.model, pruner=name, keep=keep, frames=frames, scenes=len(clips),
+                           height=height, width=width, median_s=float(np.median(times)))
+                records.append(rec)
+                print(f"S={frames:3d} {name:>14} keep={keep:.2f}  AbsRel {rec['abs_rel']:.3f} (const {rec['abs_rel_constant']:.3f})"
+                      f"  rot {rec['rot_err_med']:.2f} deg (identity {rec['rot_err_identity_med']:.2f})"
+                      f"  RRA15 {rec['rra15']:.3f}  AUC30 {rec['auc30']:.3f}  Chamfer {rec['chamfer']:.4f}"
+                      f"  {rec['median_s'] * 1000:.0f} ms", flush=True)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(records, indent=1))
+    if args.md:
+        write_markdown(records, args.md)
+    if args.plot:
+        plot(records, args.plot)
+    return 0
+
+
+def write_markdown(records: list[dict], path: Path) -> None:
+    cols = ["frames", "pruner", "keep", "abs_rel", "abs_rel_constant", "delta_1_25", "rot_err_med",
+            "rot_err_identity_med", "rra15", "rta15", "auc30", "chamfer", "median_s"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in records:
+        lines.append("| " + " | ".join(f"{r[c]:.4g}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+
+
+def plot(records: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = [("abs_rel", "depth AbsRel (lower is better)"), ("auc30", "camera AUC@30"),
+               ("rra15", "RRA@15"), ("chamfer", "Chamfer (scene units)")]
+    frame_counts = sorted({r["frames"] for r in records})
+    fig, axes = plt.subplots(len(frame_counts), len(metrics), figsize=(4 * len(metrics), 3.2 * len(frame_counts)), squeeze=False)
+    for row, frames in enumerate(frame_counts):
+        recs = [r for r in records if r["frames"] == frames]
+        for col, (key, title) in enumerate(metrics):
+            ax = axes[row][col]
+            for name in dict.fromkeys(r["pruner"] for r in recs):
+                pts = sorted((r["keep"], r[key]) for r in recs if r["pruner"] == name)
+                if name == "none":
+                    ax.axhline(pts[0][1], color="k", ls="--", lw=1, label="unpruned")
+                else:
+                    ax.plot(*zip(*pts), marker="o", label=name)
+            ax.set_title(f"{title}, S={frames}", fontsize=9)
+            ax.set_xlabel("keep")
+            ax.invert_xaxis()
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
