@@ -3,7 +3,7 @@
 A pool of procedurally generated scenes is kept in memory, each with a long hand-held-like
 trajectory; every clip picks a scene, a start frame and S-1 forward steps of at most ``max_gap``
 trajectory frames, a field of view, and renders the frames at the model resolution. Clips come in
-VGGT's training normalisation (see :func:`normalise_clip`).
+VGGT's training normalisation (see :func:`pacegeo.data.clips.normalize_clip`).
 
 Intrinsics follow the pose-encoding convention of the model: square pixels and the principal
 point at ``(W/2, H/2)``, so a camera is fully described by its field of view.
@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from pacegeo.data.clips import normalize_clip
 from pacegeo.data.synth import SynthConfig, make_scene, make_trajectory, render_frame
 
 
@@ -23,7 +24,7 @@ TRAIN_SEED_BASE = 1_000_000
 
 
 @dataclass(frozen=True)
-class ClipConfig:
+class StreamConfig:
     """What clips look like."""
 
     height: int = 112  # model input height (multiple of 14)
@@ -42,51 +43,10 @@ def intrinsics_for_fov(fov_deg: float, height: int, width: int) -> np.ndarray:
     return np.array([[f, 0.0, width / 2.0], [0.0, f, height / 2.0], [0.0, 0.0, 1.0]])
 
 
-def normalise_clip(
-    images: np.ndarray, depths: np.ndarray, cam_to_world: np.ndarray, intrinsics: np.ndarray
-) -> dict[str, torch.Tensor]:
-    """VGGT's training normalisation of one clip.
-
-    Everything is expressed in frame 0's camera frame (frame 0's extrinsic becomes the identity) and
-    divided by the mean distance of all valid points from frame 0's camera centre.
-
-    Args:
-        images: ``[S,H,W,3]`` uint8; depths ``[S,H,W]`` metres (0 = invalid);
-        cam_to_world: ``[S,4,4]`` OpenCV camera-to-world; intrinsics ``[S,3,3]``.
-    Returns:
-        ``images [S,3,H,W]`` in [0,1], ``depths [S,H,W]``, ``valid [S,H,W]``, ``extrinsics [S,3,4]``
-        (world-to-camera), ``intrinsics [S,3,3]``, ``world_points [S,H,W,3]``, ``scale`` (the divisor, in
-        metres).
-    """
-    s, h, w = depths.shape
-    first_inv = np.linalg.inv(cam_to_world[0])
-    c2w = first_inv[None] @ cam_to_world  # [S,4,4] in frame-0 coordinates
-    valid = depths > 0
-    u, v = np.meshgrid(np.arange(w, dtype=np.float64), np.arange(h, dtype=np.float64))
-    fx, fy = intrinsics[:, 0, 0, None, None], intrinsics[:, 1, 1, None, None]
-    cx, cy = intrinsics[:, 0, 2, None, None], intrinsics[:, 1, 2, None, None]
-    cam = np.stack(((u - cx) / fx * depths, (v - cy) / fy * depths, depths), axis=-1)  # [S,H,W,3]
-    world = np.einsum("sij,shwj->shwi", c2w[:, :3, :3], cam) + c2w[:, None, None, :3, 3]
-    dist = np.linalg.norm(world[valid], axis=-1)
-    scale = float(dist.mean()) if dist.size else 1.0
-    scale = scale if scale > 1e-6 else 1.0
-    w2c = np.linalg.inv(c2w)[:, :3, :]
-    w2c[:, :, 3] /= scale
-    return {
-        "images": torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0,
-        "depths": torch.from_numpy(depths / scale).float(),
-        "valid": torch.from_numpy(valid),
-        "extrinsics": torch.from_numpy(w2c).float(),
-        "intrinsics": torch.from_numpy(intrinsics).float(),
-        "world_points": torch.from_numpy(world / scale * valid[..., None]).float(),
-        "scale": torch.tensor(scale, dtype=torch.float32),
-    }
-
-
 class SynthClipStream:
     """Draws normalised clips from a rolling pool of in-memory scenes (deterministic per seed)."""
 
-    def __init__(self, config: ClipConfig, seed: int = 0, scene_pool: int = 32, clips_per_scene: int = 16) -> None:
+    def __init__(self, config: StreamConfig, seed: int = 0, scene_pool: int = 32, clips_per_scene: int = 16) -> None:
         self.config = config
         self.rng = np.random.default_rng(seed)
         self.scene_pool = scene_pool
@@ -140,8 +100,8 @@ class SynthClipStream:
             depths = np.stack(depths)
             if (depths > 0).reshape(frames, -1).mean(1).min() < c.min_valid:
                 continue
-            return normalise_clip(np.stack(rgbs), depths, traj[idx], np.repeat(K[None], frames, 0))
-        return normalise_clip(np.stack(rgbs), depths, traj[idx], np.repeat(K[None], frames, 0))
+            return normalize_clip(np.stack(rgbs), depths, np.repeat(K[None], frames, 0), traj[idx])
+        return normalize_clip(np.stack(rgbs), depths, np.repeat(K[None], frames, 0), traj[idx])
 
     def batch(self, batch_size: int, frames: int | None = None) -> dict[str, torch.Tensor]:
         """``batch_size`` clips of the same length, stacked on a leading batch dimension."""
@@ -154,7 +114,7 @@ class SynthClipBatches(IterableDataset):
     """Endless batches for a ``DataLoader(batch_size=None, num_workers=k)``; each worker streams
     from its own seed."""
 
-    def __init__(self, config: ClipConfig, batch_size: int, seed: int = 0, **stream_kwargs) -> None:
+    def __init__(self, config: StreamConfig, batch_size: int, seed: int = 0, **stream_kwargs) -> None:
         self.config, self.batch_size, self.seed, self.stream_kwargs = config, batch_size, seed, stream_kwargs
 
     def __iter__(self):
