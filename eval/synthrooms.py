@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pacegeo.data.stream import intrinsics_for_fov, normalise_clip
+from pacegeo.data.clips import normalize_clip
+from pacegeo.data.stream import intrinsics_for_fov
 from pacegeo.data.synth import make_scene, make_trajectory, render_frame
 from pacegeo.errors import PacegeoError
 from pacegeo.geometry import depth_to_world_points, pose_encoding_to_extri_intri
@@ -45,7 +46,7 @@ def eval_clip(seed: int, frames: int, height: int, width: int, traj_frames: int 
     idx = np.unique(np.linspace(0, len(traj) - 1, frames).round().astype(int))
     K = intrinsics_for_fov(scene.fov_deg, height, width)
     rgbs, depths = zip(*(render_frame(scene, traj[i], K, width, height, frame_index=int(i)) for i in idx))
-    return normalise_clip(np.stack(rgbs), np.stack(depths), traj[idx], np.repeat(K[None], len(idx), 0))
+    return normalize_clip(np.stack(rgbs), np.stack(depths), np.repeat(K[None], len(idx), 0), traj[idx])
 
 
 def clip_metrics(out: dict, clip: dict[str, torch.Tensor], max_points: int = 20000) -> dict[str, float]:

@@ -49,6 +49,244 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+EXPORT_FORMATS = ("glb", "colmap", "npz", "cameras")
+
+
+def _export_paths(output, formats: list[str]) -> dict:
+    """Where each extra export of ``--export`` goes: beside OUT.ply, with the same stem."""
+    from pathlib import Path
+
+    out = Path(output)
+    paths = {}
+    for fmt in formats:
+        if fmt == "glb":
+            paths[fmt] = out.with_suffix(".glb")
+        elif fmt == "colmap":
+            paths[fmt] = out.parent / f"{out.stem}_colmap"
+        elif fmt == "npz":
+            paths[fmt] = out.with_suffix(".npz")
+        elif fmt == "cameras":
+            paths[fmt] = out.parent / f"{out.stem}_cameras.json"
+    return paths
+
+
+def _parse_exports(text: str | None) -> list[str]:
+    from pacegeo.errors import InputError
+
+    if not text:
+        return []
+    formats = []
+    for item in text.split(","):
+        item = item.strip().lower()
+        if not item:
+            continue
+        if item not in EXPORT_FORMATS:
+            raise InputError(f"unknown export format {item!r}; choose from {','.join(EXPORT_FORMATS)}")
+        if item not in formats:
+            formats.append(item)
+    return formats
+
+
+def _check_outputs(paths: list, overwrite: bool) -> None:
+    """Every output's folder must exist and be writable; existing outputs need --overwrite."""
+    import os
+
+    from pacegeo.errors import InputError
+
+    seen = {}
+    for path in paths:
+        key = os.path.abspath(path)
+        if key in seen:
+            raise InputError(f"two outputs would both be written to {path}")
+        seen[key] = path
+        folder = path.parent if str(path.parent) else path.cwd()
+        if not folder.exists():
+            raise InputError(f"output folder {folder} does not exist")
+        if not folder.is_dir():
+            raise InputError(f"output folder {folder} is not a folder")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise InputError(f"output folder {folder} is not writable")
+        if path.exists() or path.is_symlink():
+            if not overwrite:
+                raise InputError(f"output {path} already exists; pass --overwrite to replace it")
+            if path.is_dir() and path.suffix:  # a folder where a file goes
+                raise InputError(f"output {path} is a folder; choose another output name")
+
+
+class _WarningHandler:
+    """Route the library's warnings to stderr as ``pacegeo: warning: ...`` while a command runs."""
+
+    def __init__(self) -> None:
+        import logging
+
+        class Handler(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                print(f"pacegeo: warning: {record.getMessage()}", file=sys.stderr)
+
+        self.logger = logging.getLogger("pacegeo")
+        self.handler = Handler(level=logging.WARNING)
+        self.previous_level = self.logger.level
+
+    def __enter__(self):
+        import logging
+
+        self.logger.addHandler(self.handler)
+        if self.logger.getEffectiveLevel() > logging.WARNING:
+            self.logger.setLevel(logging.WARNING)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.logger.removeHandler(self.handler)
+        self.logger.setLevel(self.previous_level)
+
+
+def _one_line_errors(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Make ``parser`` report usage errors as one ``pacegeo: error: ...`` line (exit code 2)."""
+
+    def error(message: str):
+        parser.exit(2, f"pacegeo: error: {message} (see {parser.prog} --help)\n")
+
+    parser.error = error
+    return parser
+
+
+def _fmt_bytes(value: int) -> str:
+    if value >= 1024**3:
+        return f"{value / 1024**3:.2f} GiB"
+    return f"{value / 1024**2:.0f} MiB"
+
+
+def _cmd_reconstruct(args: argparse.Namespace) -> int:
+    import math
+    import time
+    from pathlib import Path
+
+    from pacegeo.errors import InputError
+
+    started = time.perf_counter()
+    with _WarningHandler():
+        # 1. Options, before anything is read.
+        from pacegeo.pipeline import DEFAULT_KEEP, check_input, check_keep, prepare_inputs, resolve_model
+
+        pruner = args.pruner
+        keep = args.keep
+        if keep is None:
+            keep = 1.0 if str(pruner).lower() == "none" else DEFAULT_KEEP
+        keep = check_keep(keep)
+        if str(pruner).lower() == "none" and keep < 1.0:
+            raise InputError(f"--keep {keep:g} needs a pruner; drop --pruner none or use --keep 1")
+        for name in ("frames", "stride", "max_points"):
+            value = getattr(args, name)
+            if value is not None and value < 1:
+                raise InputError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+        if args.fps is not None and (not math.isfinite(args.fps) or args.fps <= 0):
+            raise InputError(f"--fps must be a positive number, got {args.fps:g}")
+        if args.conf is not None and (not math.isfinite(args.conf) or args.conf < 0):
+            raise InputError(f"--conf must be a non-negative number, got {args.conf:g}")
+        if args.conf_percentile is not None and not (0 <= args.conf_percentile < 100):
+            raise InputError(f"--conf-percentile must be in [0, 100), got {args.conf_percentile:g}")
+        if args.target_size is not None and (args.target_size < 14 or args.target_size % 14):
+            raise InputError(f"--target-size must be a positive multiple of 14, got {args.target_size}")
+        formats = _parse_exports(args.export)
+
+        # 2. Input: exists, has images, or is a readable video.
+        description = check_input(args.input, args.fps)
+
+        # 3. Outputs: all of them, before any work.
+        output = Path(args.output)
+        if output.suffix.lower() != ".ply":
+            raise InputError(f"output must be a .ply file (other formats go beside it with --export), got {output}")
+        extra = _export_paths(output, formats)
+        preview = Path(args.preview) if args.preview else None
+        _check_outputs([output, *extra.values(), *([preview] if preview else [])], args.overwrite)
+
+        # 4. Model (resolved, not loaded yet), then images, then weights.
+        choice = resolve_model(args.model)
+        prepared = prepare_inputs(
+            args.input,
+            mode=args.mode or choice.preprocess_mode,
+            target_size=args.target_size or choice.target_size,
+            frames=args.frames,
+            stride=args.stride,
+            fps=args.fps,
+            strict=args.strict,
+            progress=False if args.quiet else None,
+        )
+        from pacegeo.pipeline import Pipeline
+
+        pipe = Pipeline.from_pretrained(
+            choice, pruner=pruner, device=args.device, target_size=args.target_size or choice.target_size
+        )
+        if pipe.notice and not args.quiet:
+            print(f"pacegeo: note: {pipe.notice}", file=sys.stderr)
+
+        # 5. Inference (memory preflight first).
+        rec = pipe.reconstruct(prepared, keep=keep, seed=args.seed, check_memory=not args.no_memory_check)
+
+        # 6. Exports.
+        point_kwargs = {
+            "conf_threshold": args.conf if args.conf is not None else 3.0,
+            "conf_percentile": args.conf_percentile,
+            "source": args.points_from,
+            "max_points": args.max_points,
+            "seed": args.seed,
+        }
+        xyz, _ = rec.point_cloud(**point_kwargs)
+        jobs = [("ply", output, lambda p: rec.save_ply(p, **point_kwargs))]
+        writers = {
+            "glb": lambda p: rec.save_glb(p, **point_kwargs),
+            "colmap": lambda p: rec.save_colmap(p, overwrite=args.overwrite, **point_kwargs),
+            "npz": rec.save_npz,
+            "cameras": rec.save_cameras_json,
+        }
+        jobs += [(fmt, path, writers[fmt]) for fmt, path in extra.items()]
+        if preview is not None:
+            jobs.append(("preview", preview, lambda p: rec.save_preview(p, **point_kwargs)))
+        from tqdm.auto import tqdm
+
+        bar = tqdm(jobs, desc="writing", unit="file", file=sys.stderr, leave=False, disable=args.quiet or not sys.stderr.isatty())
+        for fmt, path, write in bar:
+            bar.set_postfix_str(path.name)
+            try:
+                write(path)
+            except OSError as err:
+                raise InputError(f"cannot write {path}: {err.strerror or err}") from None
+
+    if args.quiet:
+        return 0
+    _print_summary(rec, description, len(xyz), time.perf_counter() - started)
+    return 0
+
+
+def _print_summary(rec, description: str, points: int, total_seconds: float) -> None:
+    kept = rec.kept_per_frame
+    total = rec.tokens_per_frame
+    h, w = rec.inference_hw
+    pruning = f"{rec.pruner_mode} pruning" if rec.pruner_mode and rec.keep < 1 else "no pruning"
+    print(f"reconstructed {len(rec)} frames from {description} at {w}x{h} ({rec.model_name}, {pruning}, {rec.device}, {rec.dtype})")
+    if rec.skipped:
+        print(f"skipped {len(rec.skipped)} unreadable input(s): " + ", ".join(_file_name(s[0]) for s in rec.skipped))
+    others = kept[1:] or kept
+    share = 100.0 * others[0] / total if total else 100.0
+    line = f"tokens per frame: {others[0]} of {total} patch tokens kept ({share:.0f}%, keep {rec.keep:g})"
+    if len(kept) > 1 and kept[0] != kept[1]:
+        line += f"; reference frame {kept[0]}"
+    print(line)
+    t = rec.timings
+    stages = ", ".join(f"{name} {t.get(name, 0.0):.2f} s" for name in ("load", "preprocess", "inference", "export"))
+    print(f"time: {stages} (total {total_seconds:.2f} s)")
+    print(f"peak memory: {_fmt_bytes(rec.peak_memory)} ({rec.peak_memory_kind}); preflight estimate {_fmt_bytes(rec.memory_estimate)}")
+    print(f"points written: {points:,}")
+    names = [f"{p}/" if p.is_dir() else str(p) for p in rec.files_written]
+    print("files written: " + ", ".join(names))
+
+
+def _file_name(source: str) -> str:
+    from pathlib import Path
+
+    return Path(source).name
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pacegeo",
@@ -70,6 +308,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace scenes that already exist")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_synth)
+
+    p = sub.add_parser(
+        "reconstruct",
+        help="reconstruct cameras, depth and a coloured point cloud from images or a video",
+        description=(
+            "Reconstruct cameras, depth and a coloured point cloud from a folder of images or a video. "
+            "Writes OUT.ply; --export adds files beside it with the same stem "
+            "(scene.glb, scene_colmap/, scene.npz, scene_cameras.json)."
+        ),
+    )
+    p.add_argument("input", help="folder of images, or a video file (mp4, mov, avi, mkv, webm, ...)")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.ply", help="point cloud to write (binary PLY with RGB)")
+    p.add_argument("--keep", type=float, default=None, metavar="K",
+                   help="fraction of patch tokens each frame keeps, in (0, 1]; 1 = unpruned (default 0.3, or 1 with --pruner none)")
+    p.add_argument("--model", default="auto",
+                   help="auto (VGGT-1B if cached, else the bundled pacegeo-tiny), vggt-1b, pacegeo-tiny, or a checkpoint path")
+    p.add_argument("--pruner", default="auto",
+                   help="auto (trained pruner if bundled, else training-free), training-free, random, grid, none, or a pruner checkpoint")
+    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--frames", type=int, metavar="N", help="use N frames spread evenly over the input")
+    group.add_argument("--stride", type=int, metavar="K", help="use every K-th frame")
+    p.add_argument("--fps", type=float, metavar="F", help="video: frames sampled per second of video (default 2)")
+    p.add_argument("--mode", choices=("crop", "pad"), default=None,
+                   help="preprocessing: crop (width to the model size, centre-crop tall images) or pad (whole image, white borders)")
+    p.add_argument("--target-size", type=int, default=None, metavar="PX",
+                   help="inference width (crop) or longer side (pad), a multiple of 14 (default: the model's, 518 for VGGT-1B)")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--conf", type=float, default=None, metavar="C", help="keep points with confidence >= C (default 3.0)")
+    group.add_argument("--conf-percentile", type=float, default=None, metavar="P",
+                       help="instead drop the lowest P percent of points by confidence (e.g. 50)")
+    p.add_argument("--points-from", choices=("depth", "pointmap"), default="depth",
+                   help="points from depth + cameras (default) or from the point head")
+    p.add_argument("--max-points", type=int, default=None, metavar="N", help="write at most N points (seeded random subset)")
+    p.add_argument("--export", default=None, metavar="FORMATS",
+                   help="comma-separated extra outputs beside OUT: glb, colmap, npz, cameras")
+    p.add_argument("--preview", default=None, metavar="PNG", help="also write a PNG preview (perspective, top and side views)")
+    p.add_argument("--overwrite", action="store_true", help="replace outputs that already exist")
+    p.add_argument("--strict", action="store_true", help="fail on an unreadable image instead of skipping it")
+    p.add_argument("--seed", type=int, default=0, help="seed of any randomness (random pruning, point subsets)")
+    p.add_argument("--no-memory-check", action="store_true", help="skip the memory preflight")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars, notes or summary (errors and warnings still shown)")
+    p.set_defaults(func=_cmd_reconstruct)
+    _one_line_errors(p)
     return parser
 
 

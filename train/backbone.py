@@ -36,7 +36,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 
 from pacegeo.backbone import VGGT, pacegeo_tiny
-from pacegeo.data.stream import ClipConfig, SynthClipBatches, SynthClipStream
+from pacegeo.data.stream import StreamConfig, SynthClipBatches, SynthClipStream
 from pacegeo.hub import load_backbone, read_metadata, save_backbone
 from pacegeo.losses import vggt_loss
 from pacegeo.metrics import depth_metrics, relative_pose_errors
@@ -90,7 +90,7 @@ def parse_args(argv=None):
 
 def validation_clips(height: int, width: int, count: int = 8, frames: int = 4):
     """Fixed held-out clips (seeds far from the training range) for quick progress checks."""
-    cfg = ClipConfig(height=height, width=width, frames=(frames, frames), max_gap=6, fov_deg=(50.0, 90.0))
+    cfg = StreamConfig(height=height, width=width, frames=(frames, frames), max_gap=6, fov_deg=(50.0, 90.0))
     stream = SynthClipStream(cfg, seed=10_000_000, scene_pool=count, clips_per_scene=1)
     return [stream.sample() for _ in range(count)]
 
@@ -158,7 +158,7 @@ def main(argv=None) -> int:
 
     def batches_for(stage: Stage, step: int):
         """Iterator of training batches for a curriculum stage (rendered in worker processes on GPU)."""
-        cfg = ClipConfig(height=height, width=width, frames=stage.frames, max_gap=stage.max_gap, fov_deg=stage.fov_deg)
+        cfg = StreamConfig(height=height, width=width, frames=stage.frames, max_gap=stage.max_gap, fov_deg=stage.fov_deg)
         seed = args.seed * 1_000_003 + step
         if workers == 0:
             stream = SynthClipStream(cfg, seed=seed, scene_pool=args.scene_pool, clips_per_scene=args.clips_per_scene)

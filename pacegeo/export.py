@@ -1,0 +1,571 @@
+"""Writers for reconstructions: PLY, GLB, COLMAP text, NPZ, JSON and a PNG preview.
+
+Pure functions over numpy arrays; :class:`pacegeo.pipeline.Reconstruction` calls them. Conventions:
+
+* world frame: the first camera's OpenCV frame (x right, y down, z forward), the frame VGGT predicts in;
+* ``extrinsics [S, 3, 4]``: OpenCV world-to-camera ``[R | t]`` (``x_cam = R x_world + t``);
+* ``intrinsics [S, 3, 3]``: pinhole matrices in pixels, pixel centres at integer coordinates unless
+  said otherwise (COLMAP puts the centre of the top-left pixel at ``(0.5, 0.5)``);
+* points ``[M, 3]`` float, colours ``[M, 3]`` uint8 RGB.
+
+Every writer is atomic: the file (or folder) is written under a temporary name in the destination
+folder and moved into place with :func:`os.replace` only when complete, so an error or interruption
+never leaves a partial file at the destination and no temporary file behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from pacegeo.errors import InputError
+
+logger = logging.getLogger(__name__)
+
+#: OpenCV (x right, y down, z forward) to OpenGL/glTF (x right, y up, z backward).
+OPENCV_TO_OPENGL = np.diag([1.0, -1.0, -1.0])
+
+__all__ = [
+    "OPENCV_TO_OPENGL",
+    "atomic_dir",
+    "atomic_write",
+    "camera_frustum_corners",
+    "render_preview",
+    "rotation_to_qvec",
+    "write_colmap_text",
+    "write_glb",
+    "write_json",
+    "write_npz",
+    "write_ply",
+]
+
+
+# --------------------------------------------------------------------------------------------
+# Atomic writes
+# --------------------------------------------------------------------------------------------
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[io.IOBase]:
+    """Open a temporary file beside ``path`` for writing; on success it replaces ``path``.
+
+    The temporary file is ``.<name>.<random>.tmp`` in the destination folder (so the final
+    :func:`os.replace` is atomic). If the body raises, the temporary file is removed and ``path``
+    is left untouched (absent, or its previous content).
+    """
+    path = Path(path)
+    if "w" not in mode and "x" not in mode:
+        raise ValueError(f"atomic_write needs a write mode, got {mode!r}")
+    mode = mode.replace("x", "w")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary folder beside ``path``; on success it becomes ``path``.
+
+    An existing ``path`` raises :class:`InputError` unless ``overwrite``; with ``overwrite`` it is
+    moved aside, replaced and then deleted. If the body raises, the temporary folder is deleted.
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise InputError(f"output {path} already exists; pass --overwrite to replace it")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())
+        old = None
+        if path.exists() or path.is_symlink():
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+            os.replace(path, old / path.name)
+        os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+# --------------------------------------------------------------------------------------------
+# Small helpers
+# --------------------------------------------------------------------------------------------
+
+
+def _check_points(xyz: np.ndarray, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    xyz = np.asarray(xyz, dtype=np.float32).reshape(-1, 3)
+    rgb = np.asarray(rgb)
+    if rgb.dtype != np.uint8:
+        raise InputError(f"point colours must be uint8 RGB, got {rgb.dtype}")
+    rgb = rgb.reshape(-1, 3)
+    if len(rgb) != len(xyz):
+        raise InputError(f"got {len(xyz)} points but {len(rgb)} colours")
+    return xyz, rgb
+
+
+def rotation_to_qvec(rotation: np.ndarray) -> np.ndarray:
+    """Rotation matrices ``[..., 3, 3]`` to COLMAP quaternions ``[..., 4]`` (w, x, y, z), ``w >= 0``."""
+    from scipy.spatial.transform import Rotation
+
+    rotation = np.asarray(rotation, dtype=np.float64)
+    xyzw = Rotation.from_matrix(rotation.reshape(-1, 3, 3)).as_quat()
+    wxyz = np.concatenate([xyzw[:, 3:], xyzw[:, :3]], axis=1)
+    wxyz *= np.where(wxyz[:, :1] < 0, -1.0, 1.0)
+    return wxyz.reshape(rotation.shape[:-2] + (4,))
+
+
+def _cam_to_world(extrinsics: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``R_wc [S, 3, 3]`` and camera centres ``[S, 3]`` of world-to-camera ``extrinsics [S, 3, 4]``."""
+    rotation = extrinsics[:, :3, :3].astype(np.float64)
+    translation = extrinsics[:, :3, 3].astype(np.float64)
+    r_wc = np.transpose(rotation, (0, 2, 1))
+    centres = -np.einsum("sij,sj->si", r_wc, translation)
+    return r_wc, centres
+
+
+def camera_frustum_corners(
+    extrinsics: np.ndarray, intrinsics: np.ndarray, image_hw: tuple[int, int] | np.ndarray, scale: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """World positions of each camera's centre ``[S, 3]`` and of its image corners ``[S, 4, 3]`` at
+    depth ``scale`` (top-left, top-right, bottom-right, bottom-left)."""
+    extrinsics = np.asarray(extrinsics, dtype=np.float64)
+    intrinsics = np.asarray(intrinsics, dtype=np.float64)
+    sizes = np.broadcast_to(np.asarray(image_hw, dtype=np.float64), (len(extrinsics), 2))
+    r_wc, centres = _cam_to_world(extrinsics)
+    corners = []
+    for i in range(len(extrinsics)):
+        h, w = sizes[i]
+        k = intrinsics[i]
+        fx, fy = k[0, 0], k[1, 1]
+        if not (np.isfinite(k).all() and fx > 1e-9 and fy > 1e-9 and fx < 1e6 and fy < 1e6):
+            fx = fy = 0.5 * max(h, w) / np.tan(np.deg2rad(30.0))  # degenerate camera: draw a 60-degree frustum
+            k = np.array([[fx, 0.0, w / 2], [0.0, fy, h / 2], [0.0, 0.0, 1.0]])
+        pix = np.array([[0.0, 0.0, 1.0], [w, 0.0, 1.0], [w, h, 1.0], [0.0, h, 1.0]])
+        rays = pix @ np.linalg.inv(k).T  # z = 1
+        corners.append(rays * scale @ r_wc[i].T + centres[i])
+    return centres, np.stack(corners) if corners else np.zeros((0, 4, 3))
+
+
+def scene_scale(xyz: np.ndarray, centres: np.ndarray) -> float:
+    """A robust size of the scene: the diagonal of the 2-98 percentile box of points and cameras."""
+    pts = np.concatenate([np.asarray(xyz, np.float64).reshape(-1, 3), np.asarray(centres, np.float64).reshape(-1, 3)])
+    pts = pts[np.isfinite(pts).all(axis=1)]
+    if len(pts) == 0:
+        return 1.0
+    lo, hi = np.percentile(pts, [2, 98], axis=0)
+    size = float(np.linalg.norm(hi - lo))
+    return size if size > 1e-9 else 1.0
+
+
+# --------------------------------------------------------------------------------------------
+# Point clouds and scenes
+# --------------------------------------------------------------------------------------------
+
+
+def write_ply(path: str | os.PathLike, xyz: np.ndarray, rgb: np.ndarray) -> Path:
+    """Write a binary little-endian PLY point cloud: float32 ``x y z`` and uchar ``red green blue``
+    (plus ``alpha`` = 255) per vertex. Coordinates are written as given (pacegeo: OpenCV world)."""
+    import trimesh
+
+    xyz, rgb = _check_points(xyz, rgb)
+    rgba = np.concatenate([rgb, np.full((len(rgb), 1), 255, np.uint8)], axis=1)
+    cloud = trimesh.PointCloud(xyz, colors=rgba)
+    data = trimesh.exchange.ply.export_ply(cloud, encoding="binary")
+    path = Path(path)
+    with atomic_write(path) as handle:
+        handle.write(data)
+    return path
+
+
+def _frustum_segments(centre: np.ndarray, corners: np.ndarray) -> np.ndarray:
+    """``[8, 2, 3]`` line segments: apex to each corner, then the image rectangle."""
+    segments = [(centre, c) for c in corners]
+    segments += [(corners[i], corners[(i + 1) % 4]) for i in range(4)]
+    return np.array(segments)
+
+
+def write_glb(
+    path: str | os.PathLike,
+    xyz: np.ndarray,
+    rgb: np.ndarray,
+    extrinsics: np.ndarray,
+    intrinsics: np.ndarray,
+    image_hw: tuple[int, int] | np.ndarray,
+    frame_names: Sequence[str] | None = None,
+    frustum_scale: float | None = None,
+) -> Path:
+    """Write a binary glTF scene: the coloured points (geometry ``points``) and one wireframe
+    frustum per camera (geometries ``camera_000``, ``camera_001``, ...).
+
+    Everything is converted from OpenCV to the glTF convention (y up, cameras looking down -z) by
+    :data:`OPENCV_TO_OPENGL`. ``frustum_scale`` is the frustum depth in scene units (default 4% of
+    :func:`scene_scale`). ``image_hw`` is the size the intrinsics refer to.
+    """
+    import trimesh
+
+    xyz, rgb = _check_points(xyz, rgb)
+    extrinsics = np.asarray(extrinsics, dtype=np.float64)
+    flip = OPENCV_TO_OPENGL
+    centres_cv = _cam_to_world(extrinsics)[1] if len(extrinsics) else np.zeros((0, 3))
+    scale = frustum_scale if frustum_scale is not None else 0.04 * scene_scale(xyz, centres_cv)
+    centres, corners = camera_frustum_corners(extrinsics, intrinsics, image_hw, scale)
+
+    scene = trimesh.Scene()
+    if len(xyz):
+        rgba = np.concatenate([rgb, np.full((len(rgb), 1), 255, np.uint8)], axis=1)
+        scene.add_geometry(trimesh.PointCloud(xyz.astype(np.float64) @ flip.T, colors=rgba), geom_name="points")
+    count = len(extrinsics)
+    for i in range(count):
+        if not (np.isfinite(centres[i]).all() and np.isfinite(corners[i]).all()):
+            logger.warning("camera %d has a degenerate pose; it is left out of the GLB", i)
+            continue
+        segments = _frustum_segments(centres[i], corners[i]) @ flip.T
+        frustum = trimesh.load_path(segments)
+        shade = 0.25 + 0.75 * (i / max(count - 1, 1))
+        colour = np.array([255, int(80 * (1 - shade)), int(255 * (1 - shade)), 255], dtype=np.uint8)
+        frustum.colors = np.tile(colour, (len(frustum.entities), 1))
+        name = f"camera_{i:03d}"
+        meta = {"frame": str(frame_names[i])} if frame_names is not None else {}
+        frustum.metadata.update(meta)
+        scene.add_geometry(frustum, geom_name=name, node_name=name)
+    data = scene.export(file_type="glb")
+    path = Path(path)
+    with atomic_write(path) as handle:
+        handle.write(data)
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# COLMAP
+# --------------------------------------------------------------------------------------------
+
+
+def write_colmap_text(
+    folder: str | os.PathLike,
+    extrinsics: np.ndarray,
+    intrinsics: np.ndarray,
+    image_sizes: np.ndarray,
+    frame_names: Sequence[str],
+    xyz: np.ndarray,
+    rgb: np.ndarray,
+    errors: np.ndarray | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write a COLMAP text model (``cameras.txt``, ``images.txt``, ``points3D.txt``) into ``folder``.
+
+    Args:
+        extrinsics: ``[S, 3, 4]`` OpenCV world-to-camera (COLMAP's convention too).
+        intrinsics: ``[S, 3, 3]`` in original-image pixels, COLMAP pixel convention (the centre of
+            the top-left pixel at ``(0.5, 0.5)``); zero skew.
+        image_sizes: ``[S, 2]`` original image ``(H, W)``.
+        frame_names: image names written to ``images.txt``.
+        xyz, rgb: ``[M, 3]`` points and uint8 colours; written without tracks (no 2D observations).
+        errors: ``[M]`` per-point error column (default 0).
+        overwrite: replace an existing ``folder``.
+
+    One ``PINHOLE`` camera per image (``CAMERA_ID = IMAGE_ID = i + 1``). The folder is written
+    atomically as a whole.
+    """
+    xyz, rgb = _check_points(xyz, rgb)
+    extrinsics = np.asarray(extrinsics, dtype=np.float64)
+    intrinsics = np.asarray(intrinsics, dtype=np.float64)
+    image_sizes = np.asarray(image_sizes)
+    count = len(extrinsics)
+    if not (len(intrinsics) == len(image_sizes) == len(frame_names) == count):
+        raise InputError("write_colmap_text: extrinsics, intrinsics, image sizes and names differ in length")
+    errors = np.zeros(len(xyz)) if errors is None else np.asarray(errors, dtype=np.float64).reshape(-1)
+    qvecs = rotation_to_qvec(extrinsics[:, :3, :3]) if count else np.zeros((0, 4))
+    tvecs = extrinsics[:, :3, 3]
+
+    cameras = io.StringIO()
+    cameras.write("# Camera list with one line of data per camera:\n")
+    cameras.write("#   CAMERA_ID, MODEL, WIDTH, HEIGHT, PARAMS[]\n")
+    cameras.write(f"# Number of cameras: {count}\n")
+    for i in range(count):
+        height, width = (int(v) for v in image_sizes[i])
+        k = intrinsics[i]
+        cameras.write(f"{i + 1} PINHOLE {width} {height} {k[0, 0]:.10g} {k[1, 1]:.10g} {k[0, 2]:.10g} {k[1, 2]:.10g}\n")
+
+    images = io.StringIO()
+    images.write("# Image list with two lines of data per image:\n")
+    images.write("#   IMAGE_ID, QW, QX, QY, QZ, TX, TY, TZ, CAMERA_ID, NAME\n")
+    images.write("#   POINTS2D[] as (X, Y, POINT3D_ID)\n")
+    images.write(f"# Number of images: {count}, mean observations per image: 0\n")
+    for i in range(count):
+        name = str(frame_names[i]).replace(" ", "_")
+        q, t = qvecs[i], tvecs[i]
+        images.write(
+            f"{i + 1} {q[0]:.12g} {q[1]:.12g} {q[2]:.12g} {q[3]:.12g} {t[0]:.12g} {t[1]:.12g} {t[2]:.12g} {i + 1} {name}\n\n"
+        )
+
+    points = io.StringIO()
+    points.write("# 3D point list with one line of data per point:\n")
+    points.write("#   POINT3D_ID, X, Y, Z, R, G, B, ERROR, TRACK[] as (IMAGE_ID, POINT2D_IDX)\n")
+    points.write(f"# Number of points: {len(xyz)}, mean track length: 0\n")
+    if len(xyz):
+        table = np.empty(len(xyz), dtype=[("id", "i8"), ("xyz", "f8", 3), ("rgb", "i8", 3), ("err", "f8")])
+        table["id"] = np.arange(1, len(xyz) + 1)
+        table["xyz"], table["rgb"], table["err"] = xyz, rgb, errors
+        flat = np.column_stack([table["id"], table["xyz"], table["rgb"], table["err"]])
+        np.savetxt(points, flat, fmt=["%d", "%.7g", "%.7g", "%.7g", "%d", "%d", "%d", "%.6g"])
+
+    folder = Path(folder)
+    with atomic_dir(folder, overwrite=overwrite) as tmp:
+        for name, buffer in (("cameras.txt", cameras), ("images.txt", images), ("points3D.txt", points)):
+            (tmp / name).write_text(buffer.getvalue())
+    return folder
+
+
+# --------------------------------------------------------------------------------------------
+# NPZ and JSON
+# --------------------------------------------------------------------------------------------
+
+
+def write_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray], compress: bool = True) -> Path:
+    """Write ``arrays`` as an ``.npz`` archive (compressed by default), atomically."""
+    path = Path(path)
+    with atomic_write(path) as handle:
+        (np.savez_compressed if compress else np.savez)(handle, **arrays)
+    return path
+
+
+def write_json(path: str | os.PathLike, data: object) -> Path:
+    """Write ``data`` as indented UTF-8 JSON, atomically."""
+    path = Path(path)
+    with atomic_write(path, "w") as handle:
+        json.dump(data, handle, indent=2)
+        handle.write("\n")
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# Preview rendering
+# --------------------------------------------------------------------------------------------
+
+
+def _look_at(eye: np.ndarray, target: np.ndarray, down: np.ndarray) -> np.ndarray:
+    """OpenCV world-to-camera ``[3, 4]`` of a camera at ``eye`` looking at ``target``, image y ~ ``down``."""
+    z = target - eye
+    z = z / max(np.linalg.norm(z), 1e-12)
+    x = np.cross(down, z)
+    if np.linalg.norm(x) < 1e-9:  # looking along "down": pick any perpendicular
+        x = np.cross(np.array([1.0, 0.0, 0.0]) if abs(z[0]) < 0.9 else np.array([0.0, 1.0, 0.0]), z)
+    x = x / np.linalg.norm(x)
+    y = np.cross(z, x)
+    rotation = np.stack([x, y, z])
+    return np.concatenate([rotation, (-rotation @ eye)[:, None]], axis=1)
+
+
+def splat(
+    xyz: np.ndarray,
+    rgb: np.ndarray,
+    extrinsic: np.ndarray,
+    intrinsic: np.ndarray,
+    image_hw: tuple[int, int],
+    radius: int = 1,
+    background: int = 245,
+) -> np.ndarray:
+    """Software z-buffered point splatting: ``[H, W, 3]`` uint8 image of the points seen from a
+    pinhole camera (``extrinsic`` OpenCV world-to-camera ``[3, 4]``); each point covers a
+    ``(2 radius + 1)^2`` pixel square, nearer points win."""
+    height, width = image_hw
+    image = np.full((height, width, 3), background, np.uint8)
+    if len(xyz) == 0:
+        return image
+    cam = xyz.astype(np.float64) @ extrinsic[:, :3].T + extrinsic[:, 3]
+    front = cam[:, 2] > 1e-6
+    cam, colours = cam[front], rgb[front]
+    pix = cam @ intrinsic.T
+    u = np.round(pix[:, 0] / pix[:, 2]).astype(np.int64)
+    v = np.round(pix[:, 1] / pix[:, 2]).astype(np.int64)
+    order = np.argsort(-cam[:, 2], kind="stable")  # far to near: later (nearer) writes win
+    u, v, colours = u[order], v[order], colours[order]
+    for dv in range(-radius, radius + 1):
+        for du in range(-radius, radius + 1):
+            uu, vv = u + du, v + dv
+            inside = (uu >= 0) & (uu < width) & (vv >= 0) & (vv < height)
+            image[vv[inside], uu[inside]] = colours[inside]
+    return image
+
+
+def view_basis(extrinsics: np.ndarray) -> np.ndarray:
+    """``[3, 3]`` rows (right, down, forward): a world frame for drawing, with "down" along gravity
+    as far as the cameras tell.
+
+    Cameras are usually held level (little roll), so their x axes are close to horizontal and
+    gravity is the direction most perpendicular to all of them. When the cameras' yaws differ
+    enough to pin that direction down it is used; otherwise (e.g. all cameras facing one way)
+    the first camera's y axis is. ``forward`` is the first camera's viewing direction made
+    perpendicular to ``down``. OpenCV world-to-camera ``extrinsics [S, 3, 4]``.
+    """
+    extrinsics = np.asarray(extrinsics, dtype=np.float64)
+    if len(extrinsics) == 0 or not np.isfinite(extrinsics).all():
+        return np.eye(3)
+    rotations = extrinsics[:, :3, :3]  # rows are the camera axes in world coordinates
+    xs, ys = rotations[:, 0, :], rotations[:, 1, :]
+    down = ys[0] / max(np.linalg.norm(ys[0]), 1e-12)
+    if len(extrinsics) >= 3:
+        values, vectors = np.linalg.eigh(xs.T @ xs / len(xs))
+        candidate = vectors[:, 0]
+        if values[0] < 0.2 * values[1] and abs(candidate @ ys.mean(axis=0)) > 0.5 * np.linalg.norm(ys.mean(axis=0)):
+            down = candidate * np.sign(candidate @ ys.mean(axis=0))
+    forward = rotations[0, 2, :] - (rotations[0, 2, :] @ down) * down
+    if np.linalg.norm(forward) < 1e-6:  # first camera looks straight down: use its y axis
+        forward = ys[0] - (ys[0] @ down) * down
+    forward = forward / max(np.linalg.norm(forward), 1e-12)
+    right = np.cross(down, forward)
+    return np.stack([right, down, forward])
+
+
+def _subsample(n: int, limit: int, seed: int) -> np.ndarray:
+    if n <= limit:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size=limit, replace=False))
+
+
+def _camera_colour(i: int, count: int) -> tuple[float, float, float]:
+    t = i / max(count - 1, 1)
+    return (0.85, 0.15 + 0.35 * t, 0.1 + 0.8 * t)
+
+
+def render_preview(
+    path: str | os.PathLike,
+    xyz: np.ndarray,
+    rgb: np.ndarray,
+    extrinsics: np.ndarray,
+    intrinsics: np.ndarray,
+    image_hw: tuple[int, int],
+    title: str | None = None,
+    max_points: int = 150_000,
+    seed: int = 0,
+    dpi: int = 100,
+) -> Path:
+    """Write a PNG with three views of the coloured points and the cameras.
+
+    1. a perspective splat (:func:`splat`) from behind and above the first camera, looking at the
+       scene, with every camera's frustum drawn;
+    2. a top view (looking down along gravity as estimated by :func:`view_basis`);
+    3. a side view (from the right of the first camera, up the page is up).
+
+    Args:
+        xyz, rgb: ``[M, 3]`` points (OpenCV world) and uint8 colours.
+        extrinsics, intrinsics: ``[S, 3, 4]`` world-to-camera and ``[S, 3, 3]``, referring to
+            images of ``image_hw`` ``(H, W)`` pixels.
+        max_points: points drawn (a seeded random subset beyond that).
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    xyz, rgb = _check_points(xyz, rgb)
+    extrinsics = np.asarray(extrinsics, dtype=np.float64)
+    intrinsics = np.asarray(intrinsics, dtype=np.float64)
+    keep = np.isfinite(xyz).all(axis=1)
+    xyz, rgb = xyz[keep].astype(np.float64), rgb[keep]
+    idx = _subsample(len(xyz), max_points, seed)
+    xyz, rgb = xyz[idx], rgb[idx]
+    finite = np.isfinite(extrinsics).all(axis=(1, 2)) if len(extrinsics) else np.zeros(0, bool)
+    extrinsics = extrinsics[finite]  # degenerate poses cannot be drawn
+    intrinsics = intrinsics[finite] if intrinsics.ndim == 3 else intrinsics
+    count = len(extrinsics)
+    _, centres = _cam_to_world(extrinsics) if count else (None, np.zeros((0, 3)))
+    size = scene_scale(xyz, centres)
+    _, corners = camera_frustum_corners(extrinsics, intrinsics, image_hw, 0.05 * size) if count else (None, np.zeros((0, 4, 3)))
+
+    fig = Figure(figsize=(16.5, 5.8), dpi=dpi, facecolor="white", layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 3, gridspec_kw={"width_ratios": [1.35, 1.0, 1.0]})
+
+    basis = view_basis(extrinsics)  # rows: right, down, forward
+    right, down, forward = basis
+
+    # 1. Perspective splat from behind and above the first camera, looking at the points.
+    ax = axes[0]
+    render_hw = (420, 560)
+    centre0 = centres[0] if count else np.zeros(3)
+    target = np.median(xyz, axis=0) if len(xyz) else centre0 + forward
+    distance = max(np.linalg.norm(target - centre0), 1e-6)
+    eye = centre0 - 0.45 * distance * forward - 0.35 * distance * down
+    view = _look_at(eye, target, down)
+    focal = 0.5 * render_hw[1] / np.tan(np.deg2rad(60.0) / 2)
+    k_view = np.array([[focal, 0, render_hw[1] / 2], [0, focal, render_hw[0] / 2], [0, 0, 1.0]])
+    ax.imshow(splat(xyz, rgb, view, k_view, render_hw, radius=1), interpolation="nearest")
+    for i in range(count):
+        for a, b in _frustum_segments(centres[i], corners[i]):
+            ends = np.stack([a, b]) @ view[:, :3].T + view[:, 3]
+            if (ends[:, 2] <= 1e-6).any():
+                continue
+            pix = ends @ k_view.T
+            ax.plot(pix[:, 0] / pix[:, 2], pix[:, 1] / pix[:, 2], color=_camera_colour(i, count), linewidth=0.9)
+    ax.set_xlim(0, render_hw[1])
+    ax.set_ylim(render_hw[0], 0)
+    ax.set_axis_off()
+    ax.set_title("perspective (behind the first camera)", fontsize=10)
+
+    # 2-3. Orthographic views in the (right, down, forward) basis; nearer points drawn last.
+    p_view = xyz @ basis.T
+    c_view = centres @ basis.T
+    f_view = corners @ basis.T
+    views = [  # title, horizontal (axis, sign), vertical (axis, sign), nearness (axis, sign)
+        ("top view (looking down)", (0, 1.0), (2, 1.0), (1, -1.0), ("right", "forward")),
+        ("side view (from the right)", (2, 1.0), (1, -1.0), (0, 1.0), ("forward", "up")),
+    ]
+    for ax, (name, (hi, hs), (vi, vs), (ni, ns), labels) in zip(axes[1:], views):
+        order = np.argsort(ns * p_view[:, ni], kind="stable")
+        ax.scatter(hs * p_view[order, hi], vs * p_view[order, vi], c=rgb[order] / 255.0, s=0.6, marker=".",
+                   linewidths=0, rasterized=True)
+        for i in range(count):
+            colour = _camera_colour(i, count)
+            for a, b in _frustum_segments(c_view[i], f_view[i]):
+                ax.plot([hs * a[hi], hs * b[hi]], [vs * a[vi], vs * b[vi]], color=colour, linewidth=0.8)
+            ax.plot(hs * c_view[i, hi], vs * c_view[i, vi], "o", color=colour, markersize=2.5)
+        hs_all = hs * np.concatenate([p_view[:, hi], c_view[:, hi]])
+        vs_all = vs * np.concatenate([p_view[:, vi], c_view[:, vi]])
+        if len(hs_all):
+            lo_h, hi_h = np.percentile(hs * p_view[:, hi], [1, 99]) if len(p_view) else (hs_all.min(), hs_all.max())
+            lo_v, hi_v = np.percentile(vs * p_view[:, vi], [1, 99]) if len(p_view) else (vs_all.min(), vs_all.max())
+            if count:  # always show the cameras
+                lo_h, hi_h = min(lo_h, (hs * c_view[:, hi]).min()), max(hi_h, (hs * c_view[:, hi]).max())
+                lo_v, hi_v = min(lo_v, (vs * c_view[:, vi]).min()), max(hi_v, (vs * c_view[:, vi]).max())
+            pad = 0.06 * max(hi_h - lo_h, hi_v - lo_v, 1e-6)
+            ax.set_xlim(lo_h - pad, hi_h + pad)
+            ax.set_ylim(lo_v - pad, hi_v + pad)
+        ax.set_aspect("equal", adjustable="box")
+        ax.set_xlabel(labels[0], fontsize=9)
+        ax.set_ylabel(labels[1], fontsize=9)
+        ax.tick_params(labelsize=7)
+        ax.set_title(name, fontsize=10)
+        ax.grid(True, linewidth=0.3, alpha=0.5)
+
+    if title:
+        fig.suptitle(title, fontsize=11)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    path = Path(path)
+    with atomic_write(path) as handle:
+        handle.write(buffer.getvalue())
+    return path
