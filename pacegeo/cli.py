@@ -225,8 +225,9 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
 
         # 6. Exports.
         point_kwargs = {
-            "conf_threshold": args.conf if args.conf is not None else 3.0,
-            "conf_percentile": args.conf_percentile,
+            # Default as in VGGT's demos: drop the least confident half of the points.
+            "conf_threshold": args.conf if args.conf is not None else 0.0,
+            "conf_percentile": args.conf_percentile if args.conf is not None or args.conf_percentile is not None else 50.0,
             "source": args.points_from,
             "max_points": args.max_points,
             "seed": args.seed,
@@ -336,9 +337,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target-size", type=int, default=None, metavar="PX",
                    help="inference width (crop) or longer side (pad), a multiple of 14 (default: the model's, 518 for VGGT-1B)")
     group = p.add_mutually_exclusive_group()
-    group.add_argument("--conf", type=float, default=None, metavar="C", help="keep points with confidence >= C (default 3.0)")
+    group.add_argument("--conf", type=float, default=None, metavar="C", help="keep points with confidence >= C (e.g. 3.0 for VGGT-1B)")
     group.add_argument("--conf-percentile", type=float, default=None, metavar="P",
-                       help="instead drop the lowest P percent of points by confidence (e.g. 50)")
+                       help="drop the lowest P percent of points by confidence (default 50)")
     p.add_argument("--points-from", choices=("depth", "pointmap"), default="depth",
                    help="points from depth + cameras (default) or from the point head")
     p.add_argument("--max-points", type=int, default=None, metavar="N", help="write at most N points (seeded random subset)")
