@@ -1,0 +1,459 @@
+"""PaceVGGT: a frozen VGGT-style backbone that prunes patch tokens before its AA stack.
+
+Forward pass (``keep < 1``)::
+
+    images -> patch embedding (DINO features [B, S, N, C])
+           -> importance scores [B, S, N]           (learned scorer, training-free, random or grid)
+           -> per-frame keep budget k, merge budget  (pacegeo.pruning.budget)
+           -> keep / merge / drop                    (pacegeo.pruning.merge; special tokens untouched)
+           -> AA stack on [B, S, 1 + R + K, C] with the kept tokens' original RoPE positions and
+              proportional attention (key bias log(group size), 0 for special tokens)
+           -> restoration of the dense [B, S, 1 + R + N, 2C] entries the heads read
+           -> camera, depth and point heads (unchanged)
+
+``keep = 1`` (every frame keeps all its tokens) calls the backbone itself, so the outputs are the
+backbone's, bit for bit. On CUDA the embedding and the AA stack run under bf16 autocast (fp16 on
+GPUs without bf16), as VGGT is normally run; scorer, merging, restoration and heads run in float32.
+On CPU everything is float32.
+
+The backbone is frozen (``requires_grad`` off, always in eval mode) and never modified.
+"""
+
+import contextlib
+import json
+import logging
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from einops import repeat
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from pacegeo.errors import CheckpointError, InputError
+from pacegeo.pruning.budget import (
+    frame_keep_counts,
+    importance_mass,
+    split_merge_budget,
+    total_merge_budget,
+    validate_keep,
+    validate_merge_ratio,
+    validate_ref_boost,
+)
+from pacegeo.pruning.merge import TokenReduction, gather_tokens, reduce_tokens, straight_through_mask, topk_mask
+from pacegeo.pruning.restore import FeatureGuidedRestoration, RestorationConfig
+from pacegeo.pruning.scorer import ScorerConfig, TokenScorer
+from pacegeo.pruning.training_free import distinctiveness_scores, grid_scores, random_scores
+
+logger = logging.getLogger(__name__)
+
+MODES = ("learned", "training-free", "random", "grid")
+PRUNER_FORMAT = "pacegeo-pruner/1"
+STAGES = ("embed", "scorer", "select", "aa", "restoration", "heads")
+
+
+class StageClock:
+    """Wall-clock time per stage; synchronises CUDA at every mark. Disabled: does nothing."""
+
+    def __init__(self, device: torch.device, enabled: bool) -> None:
+        self.enabled = enabled
+        self.cuda = device.type == "cuda"
+        self.times: dict[str, float] = {}
+        self._last = self._now() if enabled else 0.0
+
+    def _now(self) -> float:
+        if self.cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    def mark(self, stage: str) -> None:
+        """Charge the time since the previous mark to ``stage``."""
+        if not self.enabled:
+            return
+        now = self._now()
+        self.times[stage] = self.times.get(stage, 0.0) + now - self._last
+        self._last = now
+
+
+def resolve_amp_dtype(amp_dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype for the embedding and the AA stack: ``"auto"`` is bf16 on CUDA (fp16 where
+    bf16 is unsupported) and None (float32) elsewhere."""
+    if amp_dtype == "auto":
+        if device.type != "cuda":
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if amp_dtype in (None, "float32", torch.float32):
+        return None
+    if amp_dtype in ("bfloat16", torch.bfloat16):
+        return torch.bfloat16
+    if amp_dtype in ("float16", torch.float16):
+        return torch.float16
+    raise InputError(f"unsupported autocast dtype {amp_dtype!r}; use 'auto', 'float32', 'bfloat16' or 'float16'")
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """Autocast context for ``dtype`` on ``device`` (a no-op for None)."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def no_autocast(device: torch.device):
+    """Float32 region inside an autocast one."""
+    if device.type in ("cuda", "cpu"):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
+def _check_images(images: torch.Tensor) -> torch.Tensor:
+    if images.dim() == 4:
+        images = images.unsqueeze(0)
+    if images.dim() != 5 or images.shape[2] != 3:
+        raise InputError(f"expected images [B, S, 3, H, W], got {tuple(images.shape)}")
+    return images
+
+
+def backbone_forward_staged(
+    backbone: nn.Module, images: torch.Tensor, clock: StageClock, amp_dtype: torch.dtype | None = None
+) -> dict:
+    """``backbone(images)`` stage by stage (same operations, same outputs), timing each stage."""
+    agg = backbone.aggregator
+    b, s, _, h, w = images.shape
+    ps = agg.config.patch_size
+    with autocast(images.device, amp_dtype):
+        patches = agg.embed(images)
+        clock.mark("embed")
+        tokens = torch.cat((agg.special_tokens(b, s).to(patches.dtype), patches), dim=2)
+        pos = None
+        if agg.rope is not None:
+            pos = repeat(agg.patch_positions(h // ps, w // ps, images.device), "p two -> b s p two", b=b, s=s)
+        entries = agg.run_blocks(tokens, pos, keep_layers=backbone.head_layers())
+        clock.mark("aa")
+        out = backbone.predict(entries, (h, w), agg.patch_start_idx)
+    clock.mark("heads")
+    if not backbone.training:
+        out["images"] = images
+    return out
+
+
+class PaceVGGT(nn.Module):
+    """A frozen VGGT-style backbone with token pruning before the AA stack.
+
+    Args:
+        backbone: a :class:`pacegeo.backbone.VGGT`; frozen here (``requires_grad`` off, eval mode).
+        scorer: the :class:`TokenScorer` of ``mode="learned"``.
+        restoration: a :class:`FeatureGuidedRestoration`; default: an untrained one for this
+            backbone, which equals the training-free restoration.
+        mode: ``"learned"`` (the scorer), ``"training-free"`` (DINO distinctiveness + coverage),
+            ``"random"`` (seeded) or ``"grid"`` (uniform grid subsampling).
+        keep: default fraction of patch tokens each frame keeps, in ``(0, 1]``.
+        merge_ratio: default fraction of the pruned tokens merged into kept ones (the rest are
+            dropped), split over frames by importance.
+        ref_boost: frame 0 keeps ``min(1, ref_boost * keep)``; > 1 pads the other frames (see
+            :mod:`pacegeo.pruning.budget`).
+        coverage: weight of the spatial-coverage prior of the training-free scores.
+        seed: seed of the random baseline (the same selection at every call).
+        amp_dtype: ``"auto"``, None/``"float32"``, ``"bfloat16"`` or ``"float16"`` for the
+            embedding and the AA stack.
+        st_temperature: temperature of the straight-through mask of ``forward(..., soft=True)``.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        scorer: TokenScorer | None = None,
+        restoration: FeatureGuidedRestoration | None = None,
+        mode: str = "learned",
+        keep: float = 0.3,
+        merge_ratio: float = 0.5,
+        ref_boost: float = 1.0,
+        coverage: float = 0.5,
+        seed: int = 0,
+        amp_dtype: str | torch.dtype | None = "auto",
+        st_temperature: float = 1.0,
+    ) -> None:
+        super().__init__()
+        if mode not in MODES:
+            raise InputError(f"unknown pruning mode {mode!r}; choose one of {', '.join(MODES)}")
+        if mode == "learned" and scorer is None:
+            raise InputError("mode 'learned' needs a trained TokenScorer; use mode='training-free' without one")
+        backbone.requires_grad_(False)
+        backbone.eval()
+        self.backbone = backbone
+        self.scorer = scorer
+        self.restoration = restoration or FeatureGuidedRestoration(RestorationConfig.for_backbone(backbone))
+        self.mode = mode
+        self.keep = validate_keep(keep)
+        self.merge_ratio = validate_merge_ratio(merge_ratio)
+        self.ref_boost = validate_ref_boost(ref_boost)
+        self.coverage = float(coverage)
+        self.seed = int(seed)
+        self.amp_dtype = amp_dtype
+        self.st_temperature = float(st_temperature)
+        device = next(backbone.parameters()).device
+        self.restoration.to(device)
+        if self.scorer is not None:
+            self.scorer.to(device)
+
+    def train(self, mode: bool = True) -> "PaceVGGT":
+        super().train(mode)
+        self.backbone.eval()  # frozen: always inference behaviour
+        return self
+
+    def pruner_parameters(self):
+        """Parameters of the scorer and the restoration (what a training stage optimises)."""
+        params = list(self.restoration.parameters())
+        if self.scorer is not None:
+            params = list(self.scorer.parameters()) + params
+        return params
+
+    # -- stages ----------------------------------------------------------------------------------
+
+    def score(self, feats: torch.Tensor, grid_hw: tuple[int, int]) -> torch.Tensor:
+        """Importance logits ``[B, S, N]`` (float32) of patch features ``[B, S, N, C]`` for this mode."""
+        b, s, n, _ = feats.shape
+        if self.mode == "learned":
+            with no_autocast(feats.device):
+                return self.scorer(feats.float(), grid_hw).float()
+        if self.mode == "training-free":
+            return distinctiveness_scores(feats, grid_hw, coverage=self.coverage)
+        if self.mode == "random":
+            return random_scores(b, s, n, seed=self.seed, device=feats.device)
+        return grid_scores(b, s, grid_hw, device=feats.device)
+
+    def reduce(
+        self, feats: torch.Tensor, scores: torch.Tensor, counts: list[int], merge_ratio: float
+    ) -> tuple[TokenReduction, torch.Tensor]:
+        """Keep ``counts[s]`` tokens per frame and merge ``merge_ratio`` of the pruned ones, split by
+        importance. Returns the reduction and the per-frame merge budgets ``[B, S]``."""
+        b, s, n, _ = feats.shape
+        k = torch.tensor(counts, device=feats.device)
+        pruned = n - k  # [S]
+        total = total_merge_budget(merge_ratio, pruned.tolist())
+        if total:
+            kept_mask = topk_mask(scores, k)
+            budgets = split_merge_budget(importance_mass(scores, kept_mask), total, pruned)
+        else:
+            budgets = torch.zeros(b, s, dtype=torch.long, device=feats.device)
+        return reduce_tokens(feats, scores, k, budgets), budgets
+
+    # -- forward ---------------------------------------------------------------------------------
+
+    def forward(
+        self,
+        images: torch.Tensor,
+        keep: float | None = None,
+        merge_ratio: float | None = None,
+        ref_boost: float | None = None,
+        soft: bool = False,
+        timings: bool = False,
+    ) -> dict:
+        """Predict cameras, depth and points with ``keep`` of the patch tokens.
+
+        Args:
+            images: ``[B, S, 3, H, W]`` (or ``[S, 3, H, W]``) RGB in [0, 1], H, W multiples of 14.
+            keep: fraction of patch tokens each frame keeps, in ``(0, 1]`` (default: the constructor's).
+            merge_ratio: fraction of pruned tokens merged rather than dropped, in ``[0, 1]``.
+            ref_boost: reference-frame keep multiplier (>= 1).
+            soft: multiply the kept tokens by a straight-through top-k mask (values unchanged), so
+                that a loss on the outputs sends gradients to the scorer.
+            timings: record per-stage wall-clock seconds in ``out["pruning"]["timings"]``
+                (synchronises CUDA between stages).
+        Returns:
+            The backbone's output dict (``pose_enc [B, S, 9]``, ``pose_enc_list``,
+            ``depth [B, S, H, W, 1]``, ``depth_conf``, ``world_points [B, S, H, W, 3]``,
+            ``world_points_conf``, ``images``) plus ``"pruning"``: token counts per frame before and
+            after, ``aa_tokens`` (per sequence, ``S * (1 + R + K)``), merged/dropped counts and,
+            with ``timings``, seconds per stage (embed, scorer, select, aa, restoration, heads).
+        """
+        images = _check_images(images)
+        keep = self.keep if keep is None else validate_keep(keep)
+        merge_ratio = self.merge_ratio if merge_ratio is None else validate_merge_ratio(merge_ratio)
+        ref_boost = self.ref_boost if ref_boost is None else validate_ref_boost(ref_boost)
+        backbone, agg = self.backbone, self.backbone.aggregator
+        b, s, _, height, width = images.shape
+        ps = agg.config.patch_size
+        grid_hw = (height // ps, width // ps)
+        n = grid_hw[0] * grid_hw[1]
+        psi = agg.patch_start_idx
+        device = images.device
+        amp = resolve_amp_dtype(self.amp_dtype, device)
+        counts = frame_keep_counts(keep, n, s, ref_boost)
+        clock = StageClock(device, timings)
+        stats = {
+            "mode": self.mode,
+            "keep": keep,
+            "merge_ratio": merge_ratio,
+            "ref_boost": ref_boost,
+            "frames": s,
+            "grid_hw": grid_hw,
+            "patch_tokens_per_frame": n,
+            "special_tokens_per_frame": psi,
+            "tokens_per_frame_before": psi + n,
+        }
+
+        if min(counts) == n:  # nothing pruned: the backbone's own code path
+            if timings:
+                out = backbone_forward_staged(backbone, images, clock, amp)
+            else:
+                with autocast(device, amp):
+                    out = backbone(images)
+            zeros = [[0] * s for _ in range(b)]
+            stats.update(
+                kept_per_frame=counts,
+                tokens_per_frame_after=[psi + n] * s,
+                aa_tokens_per_frame=psi + n,
+                aa_tokens=s * (psi + n),
+                dense_aa_tokens=s * (psi + n),
+                padded_slots=0,
+                merge_budget=zeros,
+                merged=zeros,
+                dropped=zeros,
+            )
+            if timings:
+                stats["timings"] = {stage: clock.times.get(stage, 0.0) for stage in STAGES}
+            out["pruning"] = stats
+            return out
+
+        with autocast(device, amp):
+            feats = agg.embed(images)  # [B, S, N, C]
+        clock.mark("embed")
+        scores = self.score(feats, grid_hw)
+        clock.mark("scorer")
+
+        with no_autocast(device):
+            reduction, budgets = self.reduce(feats, scores, counts, merge_ratio)
+            slots = reduction.tokens  # [B, S, K, C]
+            if soft:
+                mask = straight_through_mask(scores, torch.tensor(counts, device=device), self.st_temperature)
+                slots = slots * gather_tokens(mask[..., None], reduction.kept_idx).to(slots.dtype)
+            width_k = slots.shape[2]
+            tokens = torch.cat((agg.special_tokens(b, s).to(slots.dtype), slots), dim=2)
+            pos = None
+            if agg.rope is not None:
+                grid_pos = agg.patch_positions(*grid_hw, device=device)  # [P, 2]
+                kept_pos = grid_pos[psi:][reduction.kept_idx]  # [B, S, K, 2] original positions
+                special_pos = repeat(grid_pos[:psi], "p two -> b s p two", b=b, s=s)
+                pos = torch.cat((special_pos, kept_pos), dim=2)
+            bias = None
+            if bool((reduction.sizes != 1).any()):  # merged groups or padded slots
+                log_sizes = reduction.attn_bias()
+                bias = torch.cat((log_sizes.new_zeros(b, s, psi), log_sizes), dim=2)
+        clock.mark("select")
+
+        with autocast(device, amp):
+            entries = agg.run_blocks(tokens, pos, attn_bias=bias, keep_layers=backbone.head_layers())
+        clock.mark("aa")
+        with no_autocast(device):
+            entries = [None if e is None else e.float() for e in entries]
+            dense = self.restoration(entries, reduction, feats.float(), grid_hw, psi)
+        clock.mark("restoration")
+        out = backbone.predict(dense, (height, width), psi)
+        clock.mark("heads")
+        if not backbone.training:
+            out["images"] = images
+
+        merged = reduction.merged_mask.sum(dim=-1)
+        dropped = reduction.dropped_mask.sum(dim=-1)
+        stats.update(
+            kept_per_frame=counts,
+            tokens_per_frame_after=[psi + k for k in counts],
+            aa_tokens_per_frame=psi + width_k,
+            aa_tokens=s * (psi + width_k),
+            dense_aa_tokens=s * (psi + n),
+            padded_slots=s * width_k - sum(counts),
+            merge_budget=budgets.tolist(),
+            merged=merged.tolist(),
+            dropped=dropped.tolist(),
+        )
+        if timings:
+            stats["timings"] = {stage: clock.times.get(stage, 0.0) for stage in STAGES}
+        logger.debug(
+            "pruned %d -> %d AA tokens per sequence (keep %.3f, merged %d, dropped %d)",
+            s * (psi + n), s * (psi + width_k), keep, int(merged.sum()), int(dropped.sum()),
+        )
+        out["pruning"] = stats
+        return out
+
+    # -- pruner weights --------------------------------------------------------------------------
+
+    def pruner_state_dict(self) -> dict[str, torch.Tensor]:
+        """Scorer and restoration tensors (``scorer.*``, ``restoration.*``), without the backbone."""
+        state = {f"restoration.{k}": v for k, v in self.restoration.state_dict().items()}
+        if self.scorer is not None:
+            state.update({f"scorer.{k}": v for k, v in self.scorer.state_dict().items()})
+        return state
+
+
+def save_pruner(model: PaceVGGT, path: str | Path, extra: dict[str, str] | None = None) -> Path:
+    """Write the scorer and restoration of ``model`` as safetensors, configs in the metadata."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "format": PRUNER_FORMAT,
+        "mode": model.mode,
+        "restoration": json.dumps(asdict(model.restoration.config)),
+        "scorer": json.dumps(asdict(model.scorer.config)) if model.scorer is not None else "",
+    }
+    meta.update(extra or {})
+    state = {k: v.detach().contiguous().cpu() for k, v in model.pruner_state_dict().items()}
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(state, str(tmp), metadata=meta)
+    tmp.replace(path)
+    return path
+
+
+def _config(cls, text: str, what: str, path: Path):
+    try:
+        data = json.loads(text)
+        data = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        return cls(**data)
+    except (ValueError, TypeError) as err:
+        raise CheckpointError(f"pruner checkpoint {path} has an unreadable {what} config: {err}") from None
+
+
+def load_pruner(path: str | Path, backbone: nn.Module, **kwargs) -> PaceVGGT:
+    """A :class:`PaceVGGT` around ``backbone`` with the scorer and restoration saved at ``path``.
+
+    ``kwargs`` go to :class:`PaceVGGT` (``mode`` defaults to the saved one).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"pruner checkpoint {path} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = dict(f.metadata() or {})
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as err:
+        raise CheckpointError(f"cannot read pruner checkpoint {path}: {type(err).__name__}: {err}") from None
+    if meta.get("format") != PRUNER_FORMAT:
+        raise CheckpointError(f"{path} is not a pacegeo pruner checkpoint (format {meta.get('format')!r})")
+    scorer = None
+    if meta.get("scorer"):
+        scorer = TokenScorer(_config(ScorerConfig, meta["scorer"], "scorer", path))
+    restoration = FeatureGuidedRestoration(_config(RestorationConfig, meta["restoration"], "restoration", path))
+    try:
+        if scorer is not None:
+            scorer.load_state_dict({k[7:]: v for k, v in state.items() if k.startswith("scorer.")}, strict=True)
+        restoration.load_state_dict({k[12:]: v for k, v in state.items() if k.startswith("restoration.")}, strict=True)
+    except RuntimeError as err:
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise CheckpointError(f"pruner checkpoint {path} does not match its configs: {first}") from None
+    dim = backbone.config.aggregator.embed_dim
+    if restoration.config.feat_dim != dim or (scorer is not None and scorer.config.in_dim != dim):
+        raise CheckpointError(f"pruner checkpoint {path} was trained for width {restoration.config.feat_dim}, backbone has {dim}")
+    kwargs.setdefault("mode", meta.get("mode", "learned") if scorer is not None else "training-free")
+    device = next(backbone.parameters()).device
+    return PaceVGGT(backbone, scorer=scorer, restoration=restoration, **kwargs).to(device)
+
+
+__all__ = [
+    "MODES",
+    "PaceVGGT",
+    "StageClock",
+    "backbone_forward_staged",
+    "load_pruner",
+    "save_pruner",
+]
