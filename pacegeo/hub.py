@@ -233,6 +233,22 @@ def load_backbone_state_dict(model: torch.nn.Module, state: dict[str, torch.Tens
     model.load_state_dict(state, strict=True)
 
 
+def backbone_fingerprint(model: torch.nn.Module) -> str:
+    """A short identity of a backbone's weights, stable under float16 storage.
+
+    Hashes every tensor's name, shape and first 4096 values rounded to float16, so a checkpoint
+    saved in float16 and loaded back as float32 keeps its fingerprint.
+    """
+    import hashlib
+
+    digest = hashlib.sha256()
+    for key, value in sorted(model.state_dict().items()):
+        digest.update(f"{key}:{tuple(value.shape)}".encode())
+        head = value.detach().flatten()[:4096].to("cpu", torch.float16)
+        digest.update(head.numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 def _config_for(path: Path) -> VGGTConfig:
     meta = read_metadata(path)
     if "config" in meta:

@@ -391,9 +391,13 @@ def save_pruner(model: PaceVGGT, path: str | Path, extra: dict[str, str] | None 
     """Write the scorer and restoration of ``model`` as safetensors, configs in the metadata."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    from pacegeo.hub import backbone_fingerprint
+
     meta = {
         "format": PRUNER_FORMAT,
         "mode": model.mode,
+        "backbone": getattr(model.backbone.config, "name", "unknown"),
+        "backbone_fingerprint": backbone_fingerprint(model.backbone),
         "restoration": json.dumps(asdict(model.restoration.config)),
         "scorer": json.dumps(asdict(model.scorer.config)) if model.scorer is not None else "",
     }
@@ -414,9 +418,11 @@ def _config(cls, text: str, what: str, path: Path):
         raise CheckpointError(f"pruner checkpoint {path} has an unreadable {what} config: {err}") from None
 
 
-def load_pruner(path: str | Path, backbone: nn.Module, **kwargs) -> PaceVGGT:
+def load_pruner(path: str | Path, backbone: nn.Module, verify_backbone: bool = True, **kwargs) -> PaceVGGT:
     """A :class:`PaceVGGT` around ``backbone`` with the scorer and restoration saved at ``path``.
 
+    The pruner records the fingerprint of the backbone it was trained for; loading it onto another
+    backbone raises :class:`CheckpointError` (``verify_backbone=False`` skips the check).
     ``kwargs`` go to :class:`PaceVGGT` (``mode`` defaults to the saved one).
     """
     path = Path(path)
@@ -444,6 +450,17 @@ def load_pruner(path: str | Path, backbone: nn.Module, **kwargs) -> PaceVGGT:
     dim = backbone.config.aggregator.embed_dim
     if restoration.config.feat_dim != dim or (scorer is not None and scorer.config.in_dim != dim):
         raise CheckpointError(f"pruner checkpoint {path} was trained for width {restoration.config.feat_dim}, backbone has {dim}")
+    expected = meta.get("backbone_fingerprint")
+    if expected and verify_backbone:
+        from pacegeo.hub import backbone_fingerprint
+
+        actual = backbone_fingerprint(backbone)
+        if actual != expected:
+            raise CheckpointError(
+                f"pruner checkpoint {path} was trained for backbone {meta.get('backbone', '?')} "
+                f"(fingerprint {expected}), not for this one ({actual}); use --pruner training-free "
+                f"or train a pruner for this backbone (train/distill.py, then train/finetune.py)"
+            )
     kwargs.setdefault("mode", meta.get("mode", "learned") if scorer is not None else "training-free")
     device = next(backbone.parameters()).device
     return PaceVGGT(backbone, scorer=scorer, restoration=restoration, **kwargs).to(device)

@@ -541,3 +541,20 @@ def test_latency_script_runs_and_writes_records(tmp_path):
         assert key in records[1], key
     assert records[1]["aa_tokens"] < records[0]["aa_tokens"] and records[1]["ideal_speedup"] > 1
     assert script.main(argv[:-2] + ["--json", str(out), "--keep", "0"]) == 2  # invalid keep: one-line error
+
+
+def test_pruner_refuses_a_backbone_it_was_not_trained_for(tmp_path):
+    from pacegeo.backbone import VGGT, tiny
+    from pacegeo.errors import CheckpointError
+    from pacegeo.pace import PaceVGGT, load_pruner, save_pruner
+    from pacegeo.pruning import ScorerConfig, TokenScorer
+
+    torch.manual_seed(0)
+    trained_for = VGGT(tiny()).eval()
+    pace = PaceVGGT(trained_for, scorer=TokenScorer(ScorerConfig.for_backbone(trained_for)))
+    path = save_pruner(pace, tmp_path / "pruner.safetensors")
+    assert load_pruner(path, trained_for).mode == "learned"
+    torch.manual_seed(1)
+    other = VGGT(tiny()).eval()  # same architecture, different weights
+    with pytest.raises(CheckpointError, match="was trained for backbone tiny"):
+        load_pruner(path, other)

@@ -54,10 +54,12 @@ class Stage:
 
 
 CURRICULUM = (
-    Stage(0, (2, 3), 3, (65.0, 65.0)),
-    Stage(1500, (2, 4), 5, (55.0, 80.0)),
-    Stage(4000, (3, 6), 8, (50.0, 90.0)),
-    Stage(8000, (4, 8), 10, (50.0, 90.0)),
+    # Rotations between clip frames must be large enough from the start: with near-identical
+    # views, predicting the identity pose is a strong local optimum the camera head collapses into.
+    Stage(0, (2, 3), 8, (65.0, 65.0)),
+    Stage(1500, (2, 4), 10, (55.0, 80.0)),
+    Stage(4000, (3, 6), 12, (50.0, 90.0)),
+    Stage(8000, (4, 8), 12, (50.0, 90.0)),
 )
 
 
@@ -76,7 +78,7 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=float, default=4e-4)
     p.add_argument("--warmup", type=int, default=200, help="warm-up steps of this run")
     p.add_argument("--clip-grad", type=float, default=5.0)
-    p.add_argument("--weight-rot", type=float, default=2.0, help="weight of the geodesic rotation loss (radians)")
+    p.add_argument("--weight-rot", type=float, default=5.0, help="weight of the geodesic rotation loss (radians)")
     p.add_argument("--scene-pool", type=int, default=48, help="scenes held in memory at a time")
     p.add_argument("--clips-per-scene", type=int, default=24, help="clips drawn before a scene is replaced")
     p.add_argument("--seed", type=int, default=0)
