@@ -1,0 +1,147 @@
+"""Stage 1 of pruner training: distil the frozen backbone's global attention into the token scorer.
+
+For every clip the unpruned backbone gives each patch token a target importance: the attention mass
+it receives in the global-attention layers, averaged over heads, queries and layers and normalised
+per frame (see :mod:`pacegeo.pruning.distill` for why). The scorer learns to predict it from the
+DINO patch features alone with a per-frame KL divergence between the target and the softmax of its
+logits. The backbone is frozen and outside the optimiser.
+
+    # the bundled backbone, on SynthRooms clips rendered on the fly (CPU or GPU)
+    python train/distill.py --model pacegeo-tiny --minutes 20 --out runs/pruner-distill
+    # VGGT-1B on your own images (GPU; any folder of related photos, no labels needed)
+    accelerate launch train/distill.py --model vggt-1b --images my_photos/ --size 518 --frames 8 \
+        --minutes 120 --out runs/vggt1b-distill
+
+Writes ``<out>/pruner.safetensors`` (scorer + untrained restoration, backbone fingerprint in the
+metadata), ``<out>/log.csv``; resumes from ``--init`` (a pruner file).
+"""
+
+import argparse
+import csv
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+
+from pacegeo.data.stream import StreamConfig, SynthClipStream
+from pacegeo.errors import PacegeoError
+from pacegeo.hub import load_backbone, read_metadata, resolve_weights
+from pacegeo.pace import PaceVGGT, load_pruner, save_pruner
+from pacegeo.pruning import ScorerConfig, TokenScorer
+from pacegeo.pruning.distill import attention_targets, distillation_loss, topk_overlap
+
+
+def image_folder_batches(folder: str, frames: int, batch: int, target_size: int, seed: int):
+    """Endless batches of ``frames`` random images of a folder (unlabelled; for distillation and the
+    teacher loss of stage 2)."""
+    from pacegeo.io import list_image_files, load_images
+
+    paths = list_image_files(folder)
+    if len(paths) < frames:
+        raise PacegeoError(f"{folder} holds {len(paths)} images, fewer than --frames {frames}")
+    rng = random.Random(seed)
+    while True:
+        clips = []
+        for _ in range(batch):
+            start = rng.randrange(0, len(paths) - frames + 1)
+            clips.append(load_images(paths[start : start + frames], mode="crop", target_size=target_size).images)
+        yield {"images": torch.stack(clips)}
+
+
+def synth_batches(height: int, width: int, frames: int, batch: int, seed: int):
+    stream = SynthClipStream(StreamConfig(height=height, width=width, frames=(2, frames), max_gap=10), seed=seed)
+    while True:
+        yield stream.batch(batch)
+
+
+def model_size(model_name: str, size: str | None) -> tuple[int, int]:
+    """Training resolution: ``--size HxW`` or the checkpoint's own (3:4 aspect)."""
+    if size:
+        h, w = (int(v) for v in size.lower().split("x"))
+        return h, w
+    import json
+
+    meta = read_metadata(resolve_weights(model_name))
+    width = int(json.loads(meta.get("preprocess", '{"target_size": 518}'))["target_size"])
+    return int(round(width * 0.75 / 14)) * 14, width
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="pacegeo-tiny")
+    p.add_argument("--images", default=None, help="folder of images to train on (default: SynthRooms clips)")
+    p.add_argument("--init", default=None, help="pruner checkpoint to continue from")
+    p.add_argument("--out", type=Path, default=Path("runs/pruner-distill"))
+    p.add_argument("--minutes", type=float, default=20.0)
+    p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument("--size", default=None, help="HxW (default: the model's training size)")
+    p.add_argument("--frames", type=int, default=4)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None)
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    accelerator = Accelerator(mixed_precision="bf16" if torch.cuda.is_available() else "no")
+    set_seed(args.seed + accelerator.process_index)
+    try:
+        backbone = load_backbone(args.model, device=accelerator.device)
+        height, width = model_size(args.model, args.size)
+        if args.init:
+            pace = load_pruner(args.init, backbone)
+        else:
+            pace = PaceVGGT(backbone, scorer=TokenScorer(ScorerConfig.for_backbone(backbone)), mode="learned")
+    except PacegeoError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    scorer = pace.scorer
+    optimizer = torch.optim.AdamW(scorer.parameters(), lr=args.lr, weight_decay=0.01)
+    scorer, optimizer = accelerator.prepare(scorer, optimizer)
+    seed = args.seed * 7919 + accelerator.process_index
+    if args.images:
+        batches = image_folder_batches(args.images, args.frames, args.batch, width, seed)
+    else:
+        batches = synth_batches(height, width, args.frames, args.batch, seed)
+    args.out.mkdir(parents=True, exist_ok=True)
+    log = open(args.out / "log.csv", "a", newline="")
+    writer = csv.writer(log)
+    prior = int(read_metadata(args.init).get("distill_steps", "0")) if args.init else 0
+    step, t0 = prior, time.time()
+    agg = backbone.aggregator
+    while time.time() - t0 < args.minutes * 60 and (args.max_steps is None or step - prior < args.max_steps):
+        images = next(batches)["images"].to(accelerator.device)
+        grid = (images.shape[-2] // 14, images.shape[-1] // 14)
+        with torch.no_grad(), accelerator.autocast():
+            target = attention_targets(backbone, images).float()
+            feats = agg.embed(images).float()
+        logits = scorer(feats, grid)
+        loss = distillation_loss(logits, target)
+        optimizer.zero_grad(set_to_none=True)
+        accelerator.backward(loss)
+        optimizer.step()
+        step += 1
+        overlap = topk_overlap(logits.detach(), target, 0.3)
+        if accelerator.is_main_process:
+            writer.writerow([step, round((time.time() - t0) / 60, 2), round(loss.item(), 5), round(overlap, 4)])
+            log.flush()
+            if step % 25 == 0:
+                accelerator.print(f"step {step} | KL {loss.item():.4f} | top-30% overlap with target {overlap:.3f}")
+    if accelerator.is_main_process:
+        pace.scorer = accelerator.unwrap_model(scorer)
+        path = save_pruner(pace, args.out / "pruner.safetensors",
+                           extra={"distill_steps": str(step), "stage": "distill", "train_data": args.images or "synthrooms"})
+        accelerator.print(f"done: {step} distillation steps; pruner in {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

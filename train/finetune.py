@@ -1,0 +1,133 @@
+"""Stage 2 of pruner training: scorer and restoration fine-tuned on camera, depth and point-map losses.
+
+The backbone stays frozen and outside the optimiser; only the scorer and the restoration module
+learn. Every step samples a keep ratio (default 0.15-0.8) so that one pruner serves every keep at
+inference. Top-k selection reaches the scorer through a straight-through mask
+(``PaceVGGT.forward(soft=True)``).
+
+Supervision: the ground truth of SynthRooms clips when training on them, plus, always, the unpruned
+backbone's own outputs as teacher (pose encoding, depth and points), so any unlabelled image folder
+works too (``--images``).
+
+    python train/finetune.py --model pacegeo-tiny --init runs/pruner-distill/pruner.safetensors \
+        --minutes 30 --out runs/pruner-finetune
+    accelerate launch train/finetune.py --model vggt-1b --images my_photos/ --size 518 --frames 8 \
+        --init runs/vggt1b-distill/pruner.safetensors --minutes 240 --out runs/vggt1b-finetune
+"""
+
+import argparse
+import csv
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+
+from pacegeo.errors import PacegeoError
+from pacegeo.hub import load_backbone, read_metadata
+from pacegeo.losses import vggt_loss
+from pacegeo.pace import PaceVGGT, load_pruner, save_pruner
+from pacegeo.pruning import ScorerConfig, TokenScorer
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from distill import image_folder_batches, model_size, synth_batches  # noqa: E402
+
+
+def teacher_loss(student: dict, teacher: dict) -> torch.Tensor:
+    """Distance of the pruned model's outputs to the unpruned backbone's (scale-free for depth)."""
+    loss = F.smooth_l1_loss(student["pose_enc"], teacher["pose_enc"], beta=0.05)
+    log_ratio = torch.log(student["depth"].clamp(min=1e-6)) - torch.log(teacher["depth"].clamp(min=1e-6))
+    loss = loss + log_ratio.abs().mean()
+    if "world_points" in student:
+        loss = loss + (student["world_points"] - teacher["world_points"]).norm(dim=-1).mean()
+    return loss
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="pacegeo-tiny")
+    p.add_argument("--images", default=None, help="folder of images (teacher loss only); default SynthRooms with GT")
+    p.add_argument("--init", default=None, help="pruner checkpoint (stage 1 output, or a stage-2 one to resume)")
+    p.add_argument("--out", type=Path, default=Path("runs/pruner-finetune"))
+    p.add_argument("--minutes", type=float, default=30.0)
+    p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument("--size", default=None)
+    p.add_argument("--frames", type=int, default=4)
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--keep-range", type=float, nargs=2, default=(0.15, 0.8))
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--weight-gt", type=float, default=1.0)
+    p.add_argument("--weight-teacher", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None)
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    accelerator = Accelerator(mixed_precision="bf16" if torch.cuda.is_available() else "no")
+    set_seed(args.seed + accelerator.process_index)
+    try:
+        backbone = load_backbone(args.model, device=accelerator.device)
+        height, width = model_size(args.model, args.size)
+        if args.init:
+            pace = load_pruner(args.init, backbone, mode="learned")
+        else:
+            pace = PaceVGGT(backbone, scorer=TokenScorer(ScorerConfig.for_backbone(backbone)), mode="learned")
+    except PacegeoError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    pace.train()
+    optimizer = torch.optim.AdamW(pace.pruner_parameters(), lr=args.lr, weight_decay=0.01)
+    optimizer = accelerator.prepare(optimizer)
+    seed = args.seed * 7919 + 17 + accelerator.process_index
+    use_gt = args.images is None
+    batches = (synth_batches(height, width, args.frames, args.batch, seed) if use_gt
+               else image_folder_batches(args.images, args.frames, args.batch, width, seed))
+    rng = np.random.default_rng(seed)
+    args.out.mkdir(parents=True, exist_ok=True)
+    log = open(args.out / "log.csv", "a", newline="")
+    writer = csv.writer(log)
+    prior = int(read_metadata(args.init).get("finetune_steps", "0")) if args.init else 0
+    step, t0 = prior, time.time()
+    while time.time() - t0 < args.minutes * 60 and (args.max_steps is None or step - prior < args.max_steps):
+        batch = {k: v.to(accelerator.device) for k, v in next(batches).items()}
+        keep = float(rng.uniform(*args.keep_range))
+        with torch.no_grad(), accelerator.autocast():
+            teacher = backbone(batch["images"])
+        with accelerator.autocast():
+            out = pace(batch["images"], keep=keep, soft=True)
+        loss = args.weight_teacher * teacher_loss(out, teacher)
+        logs = {}
+        if use_gt:
+            gt_loss, logs = vggt_loss(out, batch)
+            loss = loss + args.weight_gt * gt_loss
+        optimizer.zero_grad(set_to_none=True)
+        accelerator.backward(loss)
+        accelerator.clip_grad_norm_(pace.pruner_parameters(), 1.0)
+        optimizer.step()
+        step += 1
+        if accelerator.is_main_process:
+            writer.writerow([step, round((time.time() - t0) / 60, 2), round(keep, 3), round(loss.item(), 5),
+                             round(logs.get("cam_rot_deg", float("nan")), 3), round(logs.get("depth_reg", float("nan")), 5)])
+            log.flush()
+            if step % 25 == 0:
+                accelerator.print(f"step {step} | keep {keep:.2f} | loss {loss.item():.4f}")
+    if accelerator.is_main_process:
+        meta = dict(read_metadata(args.init)) if args.init else {}
+        meta = {k: v for k, v in meta.items() if k in ("distill_steps",)}
+        meta.update(finetune_steps=str(step), stage="distill+finetune" if args.init else "finetune",
+                    train_data=args.images or "synthrooms", keep_range=f"{args.keep_range[0]}-{args.keep_range[1]}")
+        path = save_pruner(pace, args.out / "pruner.safetensors", extra=meta)
+        accelerator.print(f"done: {step} fine-tuning steps; pruner in {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
