@@ -1,0 +1,210 @@
+"""Visual place recognition: recall@1/5/10/20 of global descriptors, at several token budgets.
+
+    # a folder pair with VPR-Bench ground truth ([q, [refs]] rows)
+    python eval/vpr.py --database data/vpr/corridor/ref --queries data/vpr/corridor/query \
+        --gt data/vpr/corridor/ground_truth_new.npy --json out/vpr-corridor.json
+    # index pairing (query i <-> ref i) when there is no ground-truth file and no UTM names
+    python eval/vpr.py --database data/vpr/gardenspoint-mini/ref --queries data/vpr/gardenspoint-mini/query \
+        --json out/vpr-gardens.json
+    # a SynthRooms place set, rendered once into the folder (database/, queries/, ground_truth.npy)
+    python eval/vpr.py --synthrooms out/synthrooms-places --json out/vpr-synth.json
+
+Ground truth: ``--gt`` (an ``.npy`` object array: VPR-Bench rows or one list per query), else UTM
+coordinates in the file names (``@east@north@...``, positives within ``--radius`` m), else index
+pairing. Recall@N counts a query as found if any of its first N retrieved database images is
+correct; queries without a positive stay in the denominator. Retrieval is exact inner-product
+search (faiss ``IndexFlatIP``) on L2-normalised descriptors.
+
+Heads: ``trained`` (the VPR checkpoint ``--vpr``; its learned token scorer by default), ``gem``
+and ``vlad`` (training-free; VLAD fits its vocabulary on the database images, unpruned, before
+timing; both rank tokens by the training-free distinctiveness rule by default). ``ms_per_image``
+is the descriptor-extraction time per image (database and queries, batches of ``--batch``,
+image loading excluded).
+
+JSON output: one record per (head, keep) with ``R@1 R@5 R@10 R@20`` (fractions), ``head``,
+``keep``, ``scoring``, ``ms_per_image``, ``dataset``, ``model``, ``size``, ``num_database``,
+``num_queries``, ``gt`` (ground-truth style) and ``descriptor_dim``.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pacegeo.errors import PacegeoError
+from pacegeo.hub import load_backbone
+from pacegeo.io.images import list_image_files, load_images
+from pacegeo.vpr.extract import SCORINGS, DescriptorExtractor, load_vpr, read_vpr_metadata, resolve_vpr
+from pacegeo.vpr.head import GeMConfig, GeMHead, VLADConfig, VLADHead
+from pacegeo.vpr.index import DescriptorIndex
+from pacegeo.vpr.recall import DEFAULT_NS, positives_for_folders, recall_at_n
+
+HEADS = ("trained", "gem", "vlad")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    src = p.add_argument_group("data")
+    src.add_argument("--database", type=Path, help="folder of map (reference) images")
+    src.add_argument("--queries", type=Path, help="folder of query images")
+    src.add_argument("--gt", type=Path, default=None, help=".npy ground truth (positives per query)")
+    src.add_argument("--radius", type=float, default=25.0, help="UTM ground truth: positive radius in metres")
+    src.add_argument("--dataset", default=None, help="name in the records (default: the folders' parent)")
+    src.add_argument("--synthrooms", type=Path, default=None,
+                     help="evaluate a SynthRooms place set in this folder (rendered first if missing)")
+    src.add_argument("--synth-scenes", type=int, default=6, help="SynthRooms rooms (seeds 30000..)")
+    src.add_argument("--synth-queries", type=int, default=30, help="queries per SynthRooms room")
+    src.add_argument("--synth-size", default="168x224", help="HxW of the rendered views")
+    src.add_argument("--synth-seed", type=int, default=0)
+    m = p.add_argument_group("model")
+    m.add_argument("--model", default=None,
+                   help="backbone name or path (default: the one the VPR checkpoint names; pacegeo-tiny otherwise)")
+    m.add_argument("--vpr", default="pacegeo-tiny-vpr", help="VPR checkpoint for --head trained")
+    m.add_argument("--head", nargs="+", default=list(HEADS), choices=HEADS)
+    m.add_argument("--keep", nargs="+", type=float, default=[1.0, 0.5, 0.3])
+    m.add_argument("--scoring", default="auto", choices=("auto",) + SCORINGS,
+                   help="token ranking when keep < 1 (auto: learned for the trained head, distinctiveness otherwise)")
+    m.add_argument("--size", type=int, default=224, help="image width after resizing (multiple of 14)")
+    m.add_argument("--vlad-clusters", type=int, default=16)
+    m.add_argument("--batch", type=int, default=16)
+    m.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    m.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--json", type=Path, required=True, help="output records")
+    args = p.parse_args(argv)
+    if args.synthrooms is None and (args.database is None or args.queries is None):
+        p.error("give --database and --queries, or --synthrooms DIR")
+    return args
+
+
+def build_synthrooms(folder: Path, args) -> None:
+    """Render a SynthRooms place set into ``folder`` (database/, queries/, ground_truth.npy,
+    places.json) unless it is already there."""
+    from PIL import Image
+
+    from pacegeo.vpr.places import PlaceConfig, make_place_set
+
+    if (folder / "ground_truth.npy").is_file():
+        print(f"using the SynthRooms place set in {folder}")
+        return
+    height, width = (int(v) for v in args.synth_size.lower().split("x"))
+    cfg = PlaceConfig(width=width, height=height)
+    seeds = [30_000 + i for i in range(args.synth_scenes)]
+    start = time.perf_counter()
+    places = make_place_set(seeds, args.synth_queries, cfg, seed=args.synth_seed)
+    tmp = folder.with_name(folder.name + ".tmp")
+    for sub in ("database", "queries"):
+        (tmp / sub).mkdir(parents=True, exist_ok=True)
+    for i, img in enumerate(places.database):
+        Image.fromarray(img).save(tmp / "database" / f"{i:06d}.png")
+    for i, img in enumerate(places.queries):
+        Image.fromarray(img).save(tmp / "queries" / f"{i:06d}.png")
+    gt = np.empty((len(places.positives), 2), dtype=object)
+    for q, pos in enumerate(places.positives):
+        gt[q, 0], gt[q, 1] = q, [int(i) for i in pos]
+    np.save(tmp / "ground_truth.npy", gt, allow_pickle=True)
+    meta = {
+        "scene_seeds": seeds,
+        "config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
+        "database_scene": places.database_scene.tolist(),
+        "query_scene": places.query_scene.tolist(),
+        "database_cam_to_world": places.database_poses.tolist(),
+        "query_cam_to_world": places.query_poses.tolist(),
+    }
+    (tmp / "places.json").write_text(json.dumps(meta))
+    os.replace(tmp, folder)
+    no_pos = sum(len(p) == 0 for p in places.positives)
+    print(f"rendered a SynthRooms place set into {folder}: {len(places.database)} database views, "
+          f"{len(places.queries)} queries ({no_pos} without a positive) in {time.perf_counter() - start:.0f} s")
+
+
+def timed_describe(extractor: DescriptorExtractor, images: torch.Tensor, keep: float, batch: int) -> tuple[torch.Tensor, float]:
+    start = time.perf_counter()
+    desc = extractor.describe(images, keep, batch_size=batch)
+    if images.device.type == "cuda":
+        torch.cuda.synchronize()
+    return desc, time.perf_counter() - start
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        if args.synthrooms is not None:
+            build_synthrooms(args.synthrooms, args)
+            args.database, args.queries = args.synthrooms / "database", args.synthrooms / "queries"
+            args.gt = args.gt or args.synthrooms / "ground_truth.npy"
+            dataset = args.dataset or f"synthrooms:{args.synthrooms.name}"
+        else:
+            dataset = args.dataset or args.database.resolve().parent.name
+        db_files, q_files = list_image_files(args.database), list_image_files(args.queries)
+        positives, gt_style = positives_for_folders(db_files, q_files, args.gt, args.radius)
+        db_images = load_images(db_files, mode="crop", target_size=args.size, strict=True).images.to(args.device)
+        q_images = load_images(q_files, mode="crop", target_size=args.size, strict=True).images.to(args.device)
+        print(f"{dataset}: {len(db_files)} database / {len(q_files)} query images at "
+              f"{tuple(db_images.shape[-2:])} / {tuple(q_images.shape[-2:])}, ground truth: {gt_style}")
+
+        backbone = None
+        model_name = args.model
+        if args.model is not None or any(h != "trained" for h in args.head):
+            model_name = args.model or "pacegeo-tiny"
+            backbone = load_backbone(model_name, device=args.device)
+        records = []
+        for head_name in args.head:
+            if head_name == "trained":
+                meta = read_vpr_metadata(resolve_vpr(args.vpr))
+                extractor = load_vpr(args.vpr, backbone=backbone, device=args.device)
+                name = model_name or meta["backbone"]
+                default_scoring = "learned" if extractor.scorer is not None else "distinctiveness"
+            else:
+                dim = backbone.config.aggregator.embed_dim
+                head = GeMHead(GeMConfig(dim)) if head_name == "gem" else VLADHead(VLADConfig(dim, args.vlad_clusters))
+                extractor = DescriptorExtractor.from_backbone(backbone, head).to(args.device).eval()
+                name = model_name
+                default_scoring = "distinctiveness"
+            extractor.scoring = default_scoring if args.scoring == "auto" else args.scoring
+            if head_name == "vlad":
+                extractor.fit(db_images, batch_size=args.batch)
+            for keep in args.keep:
+                db, t_db = timed_describe(extractor, db_images, keep, args.batch)
+                qs, t_q = timed_describe(extractor, q_images, keep, args.batch)
+                index = DescriptorIndex(db.shape[1])
+                index.add(db, names=[f.name for f in db_files])
+                _, ids = index.search(qs, max(DEFAULT_NS))
+                recall = recall_at_n(ids, positives, DEFAULT_NS)
+                rec = {
+                    "dataset": dataset,
+                    "model": str(name),
+                    "head": head_name,
+                    "keep": keep,
+                    "scoring": extractor.scoring if keep < 1 else "none",
+                    **{f"R@{n}": round(v, 4) for n, v in recall.items()},
+                    "ms_per_image": round(1000 * (t_db + t_q) / (len(db) + len(qs)), 3),
+                    "size": list(db_images.shape[-2:]),
+                    "num_database": len(db_files),
+                    "num_queries": len(q_files),
+                    "gt": gt_style,
+                    "descriptor_dim": int(db.shape[1]),
+                    "device": str(args.device),
+                    "threads": torch.get_num_threads(),
+                }
+                records.append(rec)
+                print(f"  {head_name:8s} keep {keep:4.2f} ({rec['scoring']:15s}) "
+                      f"R@1 {rec['R@1']:.3f}  R@5 {rec['R@5']:.3f}  R@10 {rec['R@10']:.3f}  R@20 {rec['R@20']:.3f}  "
+                      f"{rec['ms_per_image']:7.2f} ms/img", flush=True)
+    except PacegeoError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(records, indent=1))
+    print(f"wrote {len(records)} records to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""Visual place recognition: global descriptors from the backbone's patch encoder (with early
+token pruning), a retrieval index, and recall evaluation.
+
+    from pacegeo.vpr import load_vpr, DescriptorIndex
+    extractor = load_vpr("pacegeo-tiny-vpr")            # head + scorer on the bundled backbone
+    db = DescriptorIndex(extractor.head.out_dim)
+    db.add(extractor.describe(map_images, keep=0.5), names, poses, intrinsics)
+    scores, ids = db.search(extractor.describe(query_images, keep=0.5), k=5)
+"""
+
+from pacegeo.vpr.extract import (
+    DescriptorExtractor,
+    EncodedTokens,
+    build_head,
+    distillation_loss,
+    distillation_target,
+    load_vpr,
+    save_vpr,
+)
+from pacegeo.vpr.head import GeMConfig, GeMHead, VLADConfig, VLADHead, WeightedOTConfig, WeightedOTHead, log_sinkhorn
+from pacegeo.vpr.index import DescriptorIndex
+from pacegeo.vpr.recall import (
+    load_gt_file,
+    positives_by_index,
+    positives_for_folders,
+    positives_from_poses,
+    positives_from_utm,
+    recall_at_n,
+)
+
+__all__ = [
+    "DescriptorExtractor",
+    "DescriptorIndex",
+    "EncodedTokens",
+    "GeMConfig",
+    "GeMHead",
+    "VLADConfig",
+    "VLADHead",
+    "WeightedOTConfig",
+    "WeightedOTHead",
+    "build_head",
+    "distillation_loss",
+    "distillation_target",
+    "load_gt_file",
+    "load_vpr",
+    "log_sinkhorn",
+    "positives_by_index",
+    "positives_for_folders",
+    "positives_from_poses",
+    "positives_from_utm",
+    "recall_at_n",
+    "save_vpr",
+]
