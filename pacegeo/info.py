@@ -34,4 +34,12 @@ def describe() -> str:
         lines.append(f"  {'':<14} {model.description}")
     if not bundled_models():
         lines.append(f"  (no bundled checkpoints found in {checkpoints_dir()})")
+    extras = sorted(checkpoints_dir().glob("*-pruner.safetensors")) + sorted(checkpoints_dir().glob("*-vpr.safetensors"))
+    if extras:
+        lines += ["", "pruners and place-recognition heads:"]
+        for path in extras:
+            meta = read_metadata(path)
+            kind = "VPR head" if path.stem.endswith("-vpr") else f"pruner ({meta.get('stage', 'trained')})"
+            lines.append(f"  {path.stem:<22} {kind} for {meta.get('backbone', '?')}: {path}")
+    lines += ["", "training-free pruning (--pruner training-free) works with every model above."]
     return "\n".join(lines)
