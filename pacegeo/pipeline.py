@@ -941,6 +941,7 @@ class Pipeline:
         self.model = model
         self.notice = notice
         self.load_seconds = float(load_seconds)
+        self.map_store = None  # the map of the last build_map / load_map, for localize
 
     @property
     def config(self):
@@ -1235,3 +1236,66 @@ class Pipeline:
             preprocess_mode=prepared.mode,
             skipped=list(prepared.skipped),
         )
+
+    # -- localization -----------------------------------------------------------------------------
+
+    def build_map(
+        self,
+        frames,
+        keep: float = 0.5,
+        chunk: int | None = None,
+        overlap: int | None = None,
+        vpr: str | os.PathLike = "auto",
+        seed: int = 0,
+        progress: bool | None = None,
+    ):
+        """Reconstruct and describe a map sequence: :func:`pacegeo.localize.build_map`.
+
+        Returns a :class:`pacegeo.localize.MapStore` (also kept as :attr:`map_store` for
+        :meth:`localize`): descriptors, OpenCV camera-to-world poses in the first map frame's
+        camera frame, intrinsics and the map images at the model input resolution.
+        """
+        from pacegeo.localize import build_map
+
+        self.map_store = build_map(self, frames, keep=keep, chunk=chunk, overlap=overlap, vpr=vpr, seed=seed, progress=progress)
+        return self.map_store
+
+    def load_map(self, path: str | os.PathLike):
+        """Read a map file (:meth:`pacegeo.localize.MapStore.load`), check that it was built with
+        this pipeline's backbone, and keep it as :attr:`map_store`."""
+        from pacegeo.localize import MapStore
+
+        store = MapStore.load(path)
+        store.check_model(self)
+        self.map_store = store
+        return store
+
+    def localize(
+        self,
+        query_images,
+        store=None,
+        top_k: int = 4,
+        keep: float = 0.5,
+        seed: int = 0,
+        progress: bool | None = None,
+    ) -> list:
+        """Place query images in a map: :func:`pacegeo.localize.localize`.
+
+        Args:
+            query_images: anything :meth:`reconstruct` accepts, except a video.
+            store: a :class:`pacegeo.localize.MapStore` or a map file (default: :attr:`map_store`,
+                the map of the last :meth:`build_map` or :meth:`load_map`).
+            top_k: map frames retrieved and reconstructed together with each query.
+            keep: fraction of patch tokens kept (query descriptors and joint reconstructions).
+
+        Returns:
+            one :class:`pacegeo.localize.Localization` per query: OpenCV camera-to-world pose in
+            the map frame, retrieved map frames and scores, confidence, retrieval-only pose.
+        """
+        from pacegeo.localize import localize
+
+        if store is None:
+            store = self.map_store
+        if store is None:
+            raise InputError("no map to localize in: build one with build_map or pass a map file")
+        return localize(self, store, query_images, top_k=top_k, keep=keep, seed=seed, progress=progress)
