@@ -86,7 +86,7 @@ def parse_args(argv=None):
     p.add_argument("--val-every", type=int, default=500, help="steps between validation runs")
     p.add_argument("--export", type=Path, default=None, help="also write a float16 copy here at each save")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all)")
-    p.add_argument("--workers", type=int, default=None, help="data workers (default: 0 on CPU, 6 on GPU)")
+    p.add_argument("--workers", type=int, default=None, help="data workers rendering clips (default: 0 on CPU, all cores but two on GPU)")
     return p.parse_args(argv)
 
 
@@ -156,7 +156,7 @@ def main(argv=None) -> int:
     writer = None
     val_clips = validation_clips(height, width)
 
-    workers = args.workers if args.workers is not None else (6 if torch.cuda.is_available() else 0)
+    workers = args.workers if args.workers is not None else (max(2, (os.cpu_count() or 4) - 2) if torch.cuda.is_available() else 0)
 
     def batches_for(stage: Stage, step: int):
         """Iterator of training batches for a curriculum stage (rendered in worker processes on GPU)."""
