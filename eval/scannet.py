@@ -46,8 +46,6 @@ from pathlib import Path
 
 import numpy as np
 
-from pacegeo.errors import PacegeoError
-
 
 def _load_common():
     """``eval/common.py`` as module ``pacegeo_eval_common`` (the scripts are not a package)."""
@@ -318,17 +316,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return _run(args)
-    except PacegeoError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return common.run_script(build_parser(), _run, argv)
 
 
 def _run(args: argparse.Namespace) -> int:
-    import torch
-
     from pacegeo.errors import InputError
 
     root = common.check_root(args.root, "ScanNet")
@@ -337,70 +328,27 @@ def _run(args: argparse.Namespace) -> int:
     scenes = select_scenes(root, args.scenes)
     if not scenes:
         raise InputError(f"no ScanNet scenes (folders with color/ and pose/) found in {root}")
-    keeps = common.parse_keeps(args.keep, args.pruner)
     cfg = ScanNetProtocol(conf_thresh=args.conf_thresh, chamfer_max_dist=args.max_dist)
-    shards = common.Sharding()
-    device = common.resolve_device(args.device, shards.device)
-    torch.manual_seed(args.seed)
-    np.random.seed(args.seed)
-    model = common.build_model(args.model, args.pruner, device, args.size, args.seed)
-    out = Path(args.out)
-    runs = {k: common.run_dir(out, model.label, model.pruner, k) for k in keeps}
-    mine = shards.shard(scenes)
-    todo = [s for s in mine if any(not common.scene_file(runs[k], s).exists() for k in keeps)]
-    if shards.is_main:
+    run = common.ProtocolRun(args, PROTOCOL)
+    model = run.model
+    mine = run.shard(scenes)
+    if run.is_main:
         print(
             f"ScanNet: {len(scenes)} scenes, {args.frames} frames, model {model.label} ({model.input_size} px, "
-            f"{device}), pruner {model.pruner}, keep {' '.join(f'{k:g}' for k in keeps)}"
+            f"{run.device}), pruner {model.pruner}, keep {run.keep_text}"
         )
-        if shards.count > 1:
-            print(f"{shards.count} processes; this one has {len(mine)} scene(s)")
-    skipped = len(mine) - len(todo)
-    if skipped:
-        print(f"[{shards.index}] resuming: {skipped} scene(s) already done")
-    warmed: set[float] = set()
-    for scene in common.progress(todo, "scannet", enabled=shards.is_main):
+        if run.shards.count > 1:
+            print(f"{run.shards.count} processes; this one has {len(mine)} scene(s)")
+    for scene in run.pending(mine, "scene"):
         prepared, gt = load_scene(root, scene, args.frames, model.input_size)
-        for keep in keeps:
-            path = common.scene_file(runs[keep], scene)
-            if path.exists():
-                continue
-            outputs, latency = common.timed_forward(
-                model, prepared.images, keep, warmup=0 if keep in warmed else common.warmup_passes(args.warmup, device)
-            )
-            warmed.add(keep)
-            pred = common.outputs_to_prediction(outputs, prepared.image_hw)
-            result = evaluate_scene(pred, gt, cfg)
-            result["metrics"]["latency_ms"] = latency
-            for err in result["errors"]:
-                print(f"warning: {scene} keep {keep:g}: {err}", file=sys.stderr)
-            record = {
-                "protocol": PROTOCOL,
-                "scene": scene,
-                "model": model.label,
-                "pruner": model.pruner,
-                "keep": keep,
-                "frames": prepared.names,
-                "input_hw": list(prepared.image_hw),
-                "device": str(device),
-                "config": asdict(cfg),
-                "pruning": common.pruning_stats(outputs),
-                **result,
-            }
-            common.write_json(path, record)
-            del outputs
-    shards.wait()
-    if shards.is_main:
-        notes = [
-            f"ScanNet protocol, up to {args.frames} frames per scene; scene means. "
-            "FastVGGT columns: first-GT-pose transfer + bounding-box scale (Chamfer), evo Sim(3) on "
-            "world-to-camera matrices (ATE/ARE/RPE). Corrected columns: Sim(3) on camera centres for "
-            "both. Depth: median-scaled per sequence. Latency: forward pass only.",
-        ]
-        rows = common.write_summary(out, PROTOCOL, COLUMNS, "ScanNet evaluation", notes)
-        common.plot_frontier(rows, FRONTIER, out / "frontier.png", "ScanNet: quality vs latency")
-        print((out / "summary.md").read_text())
-        print(f"wrote {out / 'summary.md'}, {out / 'summary.json'}, {out / 'frontier.png'}")
+        run.evaluate(scene, prepared, asdict(cfg), lambda pred: evaluate_scene(pred, gt, cfg))
+    notes = [
+        f"ScanNet protocol, up to {args.frames} frames per scene; scene means. "
+        "FastVGGT columns: first-GT-pose transfer + bounding-box scale (Chamfer), evo Sim(3) on "
+        "world-to-camera matrices (ATE/ARE/RPE). Corrected columns: Sim(3) on camera centres for "
+        "both. Depth: median-scaled per sequence. Latency: forward pass only.",
+    ]
+    run.finish(COLUMNS, FRONTIER, "ScanNet", notes)
     return 0
 
 

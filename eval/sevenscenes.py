@@ -37,8 +37,6 @@ from pathlib import Path
 
 import numpy as np
 
-from pacegeo.errors import PacegeoError
-
 
 def _load_common():
     """``eval/common.py`` as module ``pacegeo_eval_common`` (the scripts are not a package)."""
@@ -323,17 +321,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    return common.run_script(build_parser(), _run, argv)
+
+
+def _evaluate_or_error(pred: common.Prediction, gt: SevenScenesGT, cfg: SevenScenesProtocol) -> dict:
+    """:func:`evaluate_scene`, or no metrics and the reason when they cannot be computed."""
     try:
-        return _run(args)
-    except PacegeoError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return evaluate_scene(pred, gt, cfg)
+    except ValueError as err:
+        return {"metrics": {}, "errors": [str(err)]}
 
 
 def _run(args: argparse.Namespace) -> int:
-    import torch
-
     from pacegeo.errors import InputError
 
     root = common.check_root(args.root, "7-Scenes")
@@ -341,74 +340,30 @@ def _run(args: argparse.Namespace) -> int:
         raise InputError(f"--stride must be at least 1, got {args.stride}")
     if args.max_frames is not None and args.max_frames < 2:
         raise InputError(f"--max-frames must be at least 2, got {args.max_frames}")
-    sequences = find_sequences(root)  # raises a one-line InputError when there is none
-    keeps = common.parse_keeps(args.keep, args.pruner)
-    shards = common.Sharding()
-    device = common.resolve_device(args.device, shards.device)
-    torch.manual_seed(args.seed)
-    np.random.seed(args.seed)
-    model = common.build_model(args.model, args.pruner, device, args.size, args.seed)
+    folders = dict(find_sequences(root))  # raises a one-line InputError when there is none
+    run = common.ProtocolRun(args, PROTOCOL)
+    model = run.model
     if args.points == "pointmap" and not model.has_point_head:
         raise InputError(f"model {model.label} has no point-map head; use --points depth")
     cfg = SevenScenesProtocol(crop=args.crop, points=args.points)
-    out = Path(args.out)
-    runs = {k: common.run_dir(out, model.label, model.pruner, k) for k in keeps}
-    mine = shards.shard(sequences)
-    todo = [(n, f) for n, f in mine if any(not common.scene_file(runs[k], n).exists() for k in keeps)]
-    if shards.is_main:
+    mine = run.shard(list(folders))
+    if run.is_main:
         cap = f", at most {args.max_frames} frames" if args.max_frames else ""
         print(
-            f"7-Scenes: {len(sequences)} sequences, stride {args.stride}{cap}, model {model.label} "
-            f"({model.input_size} px, {device}), pruner {model.pruner}, keep {' '.join(f'{k:g}' for k in keeps)}"
+            f"7-Scenes: {len(folders)} sequences, stride {args.stride}{cap}, model {model.label} "
+            f"({model.input_size} px, {run.device}), pruner {model.pruner}, keep {run.keep_text}"
         )
-    skipped = len(mine) - len(todo)
-    if skipped:
-        print(f"[{shards.index}] resuming: {skipped} sequence(s) already done")
-    warmed: set[float] = set()
-    for name, seq_dir in common.progress(todo, "7scenes", enabled=shards.is_main):
-        prepared, gt, depth_kind = load_sequence(seq_dir, args.stride, args.max_frames, model.input_size)
-        for keep in keeps:
-            path = common.scene_file(runs[keep], name)
-            if path.exists():
-                continue
-            outputs, latency = common.timed_forward(
-                model, prepared.images, keep, warmup=0 if keep in warmed else common.warmup_passes(args.warmup, device)
-            )
-            warmed.add(keep)
-            pred = common.outputs_to_prediction(outputs, prepared.image_hw)
-            try:
-                result = evaluate_scene(pred, gt, cfg)
-            except ValueError as err:
-                print(f"warning: {name} keep {keep:g}: {err}", file=sys.stderr)
-                result = {"metrics": {}, "errors": [str(err)]}
-            result["metrics"]["latency_ms"] = latency
-            record = {
-                "protocol": PROTOCOL,
-                "scene": name,
-                "model": model.label,
-                "pruner": model.pruner,
-                "keep": keep,
-                "frames": prepared.names,
-                "input_hw": list(prepared.image_hw),
-                "device": str(device),
-                "config": asdict(cfg) | {"stride": args.stride, "max_frames": args.max_frames, "depth": depth_kind},
-                "pruning": common.pruning_stats(outputs),
-                **result,
-            }
-            common.write_json(path, record)
-            del outputs
-    shards.wait()
-    if shards.is_main:
-        notes = [
-            f"7-Scenes protocol (CUT3R / FastVGGT), keyframe stride {args.stride}"
-            + (f", first {args.max_frames} keyframes" if args.max_frames else "")
-            + f"; {args.points} points; median shift/scale, central {args.crop}x{args.crop} crop, "
-            "ICP (0.1); sequence means. Latency: forward pass only.",
-        ]
-        rows = common.write_summary(out, PROTOCOL, COLUMNS, "7-Scenes evaluation", notes)
-        common.plot_frontier(rows, FRONTIER, out / "frontier.png", "7-Scenes: quality vs latency")
-        print((out / "summary.md").read_text())
-        print(f"wrote {out / 'summary.md'}, {out / 'summary.json'}, {out / 'frontier.png'}")
+    for name in run.pending(mine, "sequence"):
+        prepared, gt, depth_kind = load_sequence(folders[name], args.stride, args.max_frames, model.input_size)
+        config = asdict(cfg) | {"stride": args.stride, "max_frames": args.max_frames, "depth": depth_kind}
+        run.evaluate(name, prepared, config, lambda pred: _evaluate_or_error(pred, gt, cfg))
+    notes = [
+        f"7-Scenes protocol (CUT3R / FastVGGT), keyframe stride {args.stride}"
+        + (f", first {args.max_frames} keyframes" if args.max_frames else "")
+        + f"; {args.points} points; median shift/scale, central {args.crop}x{args.crop} crop, "
+        "ICP (0.1); sequence means. Latency: forward pass only.",
+    ]
+    run.finish(COLUMNS, FRONTIER, "7-Scenes", notes)
     return 0
 
 

@@ -14,42 +14,15 @@ from safetensors.torch import save_file
 
 from pacegeo.backbone import VGGT, config_to_dict, tiny
 from pacegeo.cli import main
-from pacegeo.hub import CHECKPOINT_FORMAT, load_backbone, save_backbone
+from pacegeo.hub import CHECKPOINT_FORMAT, load_backbone
 from pacegeo.io.images import load_images
 
-TARGET = 70
+from helpers import TARGET, write_frames
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """The tensors here are tiny: one thread avoids OpenMP spin-waiting on a busy machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-def write_frames(folder: Path, count: int = 4, size_hw=(56, 70), seed: int = 0) -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    h, w = size_hw
-    yy, xx = np.mgrid[0:h, 0:w]
-    paths = []
-    for i in range(count):
-        rgb = np.stack([(xx * 3 + 20 * i) % 256, (yy * 4) % 256, (xx + yy + 40 * i) % 256], axis=-1)
-        rgb = np.clip(rgb + rng.integers(0, 40, size=rgb.shape), 0, 255).astype(np.uint8)
-        path = folder / f"frame_{i:02d}.png"
-        Image.fromarray(rgb).save(path)
-        paths.append(path)
-    return paths
-
-
-@pytest.fixture(scope="module")
-def model_path(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
-    return save_backbone(VGGT(tiny()).eval(), path, extra={"preprocess": json.dumps({"target_size": TARGET, "mode": "crop"})})
+# The tensors here are tiny: one thread avoids OpenMP spin-waiting on a busy machine.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from PIL import Image
 
 from pacegeo.backbone import VGGT, tiny
 from pacegeo.errors import CheckpointError, InputError
-from pacegeo.hub import load_backbone, save_backbone
+from pacegeo.hub import load_backbone
 from pacegeo.io.images import load_images
 from pacegeo.pipeline import (
     Pipeline,
@@ -25,45 +25,15 @@ from pacegeo.pipeline import (
     select_frames,
 )
 
-TARGET = 70  # model input width: 70 px = 5 patches
+from helpers import TARGET, write_frames
+
+# The tensors here are tiny: one thread avoids OpenMP spin-waiting on a busy machine.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --------------------------------------------------------------------------------------------
-# Fixtures
+# Fixtures (``model_path``, the tiny model saved for ``TARGET`` px, comes from conftest.py)
 # --------------------------------------------------------------------------------------------
-
-
-def write_frames(folder: Path, count: int = 4, size_hw: tuple[int, int] = (56, 70), seed: int = 0) -> list[Path]:
-    """``count`` textured RGB PNGs (a shifting colour gradient plus noise) in ``folder``."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    h, w = size_hw
-    yy, xx = np.mgrid[0:h, 0:w]
-    paths = []
-    for i in range(count):
-        rgb = np.stack([(xx * 3 + 20 * i) % 256, (yy * 4) % 256, (xx + yy + 40 * i) % 256], axis=-1)
-        rgb = np.clip(rgb + rng.integers(0, 40, size=rgb.shape), 0, 255).astype(np.uint8)
-        path = folder / f"frame_{i:02d}.png"
-        Image.fromarray(rgb).save(path)
-        paths.append(path)
-    return paths
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """The tensors here are tiny: one thread avoids OpenMP spin-waiting on a busy machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture(scope="module")
-def model_path(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    model = VGGT(tiny()).eval()
-    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
-    return save_backbone(model, path, extra={"preprocess": json.dumps({"target_size": TARGET, "mode": "crop"})})
 
 
 @pytest.fixture(scope="module")

@@ -70,6 +70,37 @@ def model_size(model_name: str, size: str | None) -> tuple[int, int]:
     return int(round(width * 0.75 / 14)) * 14, width
 
 
+def training_batches(images: str | None, height: int, width: int, frames: int, batch: int, seed: int):
+    """Endless training batches: SynthRooms clips (with ground truth) when ``images`` is None, else
+    clips of that image folder."""
+    if images is None:
+        return synth_batches(height, width, frames, batch, seed)
+    return image_folder_batches(images, frames, batch, width, seed)
+
+
+def setup_training(args, **init_kwargs):
+    """Threads (``--threads``), the accelerator and the seed, then the models of a pruner-training run.
+
+    Returns ``(accelerator, backbone, pace, (height, width))``: the frozen backbone ``--model`` on the
+    accelerator's device, the pruner to train around it (``--init``, loaded with ``init_kwargs``; else
+    a fresh learned scorer) and the training resolution (``--size`` or the model's own).
+
+    Raises:
+        PacegeoError: the model or the pruner cannot be loaded.
+    """
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    accelerator = Accelerator(mixed_precision="bf16" if torch.cuda.is_available() else "no")
+    set_seed(args.seed + accelerator.process_index)
+    backbone = load_backbone(args.model, device=accelerator.device)
+    height, width = model_size(args.model, args.size)
+    if args.init:
+        pace = load_pruner(args.init, backbone, **init_kwargs)
+    else:
+        pace = PaceVGGT(backbone, scorer=TokenScorer(ScorerConfig.for_backbone(backbone)), mode="learned")
+    return accelerator, backbone, pace, (height, width)
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="pacegeo-tiny")
@@ -89,17 +120,8 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    accelerator = Accelerator(mixed_precision="bf16" if torch.cuda.is_available() else "no")
-    set_seed(args.seed + accelerator.process_index)
     try:
-        backbone = load_backbone(args.model, device=accelerator.device)
-        height, width = model_size(args.model, args.size)
-        if args.init:
-            pace = load_pruner(args.init, backbone)
-        else:
-            pace = PaceVGGT(backbone, scorer=TokenScorer(ScorerConfig.for_backbone(backbone)), mode="learned")
+        accelerator, backbone, pace, (height, width) = setup_training(args)
     except PacegeoError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -107,10 +129,7 @@ def main(argv=None) -> int:
     optimizer = torch.optim.AdamW(scorer.parameters(), lr=args.lr, weight_decay=0.01)
     scorer, optimizer = accelerator.prepare(scorer, optimizer)
     seed = args.seed * 7919 + accelerator.process_index
-    if args.images:
-        batches = image_folder_batches(args.images, args.frames, args.batch, width, seed)
-    else:
-        batches = synth_batches(height, width, args.frames, args.batch, seed)
+    batches = training_batches(args.images or None, height, width, args.frames, args.batch, seed)
     args.out.mkdir(parents=True, exist_ok=True)
     log = open(args.out / "log.csv", "a", newline="")
     writer = csv.writer(log)

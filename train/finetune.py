@@ -24,17 +24,14 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from accelerate import Accelerator
-from accelerate.utils import set_seed
 
 from pacegeo.errors import PacegeoError
-from pacegeo.hub import load_backbone, read_metadata
+from pacegeo.hub import read_metadata
 from pacegeo.losses import vggt_loss
-from pacegeo.pace import PaceVGGT, load_pruner, save_pruner
-from pacegeo.pruning import ScorerConfig, TokenScorer
+from pacegeo.pace import save_pruner
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from distill import image_folder_batches, model_size, synth_batches  # noqa: E402
+from distill import setup_training, training_batches  # noqa: E402
 
 
 def teacher_loss(student: dict, teacher: dict) -> torch.Tensor:
@@ -69,17 +66,8 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    accelerator = Accelerator(mixed_precision="bf16" if torch.cuda.is_available() else "no")
-    set_seed(args.seed + accelerator.process_index)
     try:
-        backbone = load_backbone(args.model, device=accelerator.device)
-        height, width = model_size(args.model, args.size)
-        if args.init:
-            pace = load_pruner(args.init, backbone, mode="learned")
-        else:
-            pace = PaceVGGT(backbone, scorer=TokenScorer(ScorerConfig.for_backbone(backbone)), mode="learned")
+        accelerator, backbone, pace, (height, width) = setup_training(args, mode="learned")
     except PacegeoError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -88,8 +76,7 @@ def main(argv=None) -> int:
     optimizer = accelerator.prepare(optimizer)
     seed = args.seed * 7919 + 17 + accelerator.process_index
     use_gt = args.images is None
-    batches = (synth_batches(height, width, args.frames, args.batch, seed) if use_gt
-               else image_folder_batches(args.images, args.frames, args.batch, width, seed))
+    batches = training_batches(args.images, height, width, args.frames, args.batch, seed)
     rng = np.random.default_rng(seed)
     args.out.mkdir(parents=True, exist_ok=True)
     log = open(args.out / "log.csv", "a", newline="")

@@ -33,17 +33,7 @@ class Aggregator(nn.Module):
         self.rope = RotaryPositionEmbedding2D(c.rope_freq) if c.rope_freq > 0 else None
 
         def make_block() -> Block:
-            return Block(
-                c.embed_dim,
-                c.num_heads,
-                c.mlp_ratio,
-                qkv_bias=c.qkv_bias,
-                proj_bias=c.proj_bias,
-                ffn_bias=c.ffn_bias,
-                init_values=c.init_values,
-                qk_norm=c.qk_norm,
-                rope=self.rope,
-            )
+            return Block.from_config(c, qk_norm=c.qk_norm, rope=self.rope)
 
         self.frame_blocks = nn.ModuleList([make_block() for _ in range(c.depth)])
         self.global_blocks = nn.ModuleList([make_block() for _ in range(c.depth)])

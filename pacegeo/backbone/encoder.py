@@ -61,20 +61,7 @@ class DinoViT(nn.Module):
             nn.Parameter(torch.zeros(1, c.num_register_tokens, c.embed_dim)) if c.num_register_tokens else None
         )
         self.mask_token = nn.Parameter(torch.zeros(1, c.embed_dim), requires_grad=False)
-        blocks = [
-            Block(
-                c.embed_dim,
-                c.num_heads,
-                c.mlp_ratio,
-                qkv_bias=c.qkv_bias,
-                proj_bias=c.proj_bias,
-                ffn_bias=c.ffn_bias,
-                init_values=c.init_values,
-                norm_eps=c.norm_eps,
-                ffn_layer=c.ffn_layer,
-            )
-            for _ in range(c.depth)
-        ]
+        blocks = [Block.from_config(c, norm_eps=c.norm_eps, ffn_layer=c.ffn_layer) for _ in range(c.depth)]
         if c.block_chunks > 0:
             size = c.depth // c.block_chunks
             chunks = [[nn.Identity()] * i + blocks[i : i + size] for i in range(0, c.depth, size)]

@@ -159,6 +159,22 @@ class Block(nn.Module):
             raise ValueError(f"unknown ffn_layer {ffn_layer!r}")
         self.ls2 = LayerScale(dim, init_values) if init_values else nn.Identity()
 
+    @classmethod
+    def from_config(cls, config, **kwargs) -> "Block":
+        """A block with the width, heads, MLP ratio, biases and LayerScale init of ``config`` (an
+        ``AggregatorConfig`` or a ``DinoConfig``); ``kwargs`` set the remaining options."""
+        c = config
+        return cls(
+            c.embed_dim,
+            c.num_heads,
+            c.mlp_ratio,
+            qkv_bias=c.qkv_bias,
+            proj_bias=c.proj_bias,
+            ffn_bias=c.ffn_bias,
+            init_values=c.init_values,
+            **kwargs,
+        )
+
     def forward(
         self, x: torch.Tensor, pos: torch.Tensor | None = None, attn_bias: torch.Tensor | None = None
     ) -> torch.Tensor:

@@ -1,33 +1,7 @@
-"""Input and output: reading and preprocessing images."""
+"""Input and output: reading and preprocessing images.
 
-from pacegeo.io.images import (
-    DEFAULT_TARGET_SIZE,
-    IMAGE_EXTENSIONS,
-    PATCH_SIZE,
-    ImageTransform,
-    PreprocessedImages,
-    SkippedImage,
-    array_to_rgb,
-    list_image_files,
-    load_images,
-    natural_sort_key,
-    pil_to_rgb,
-    preprocess_image,
-    read_image_rgb,
-)
+Re-exports the public names of :mod:`pacegeo.io.images` (its ``__all__``).
+"""
 
-__all__ = [
-    "DEFAULT_TARGET_SIZE",
-    "IMAGE_EXTENSIONS",
-    "PATCH_SIZE",
-    "ImageTransform",
-    "PreprocessedImages",
-    "SkippedImage",
-    "array_to_rgb",
-    "list_image_files",
-    "load_images",
-    "natural_sort_key",
-    "pil_to_rgb",
-    "preprocess_image",
-    "read_image_rgb",
-]
+from pacegeo.io.images import *  # noqa: F403
+from pacegeo.io.images import __all__  # noqa: F401
