@@ -67,6 +67,33 @@ def stage_at(step: int) -> Stage:
     return [s for s in CURRICULUM if s.start_step <= step][-1]
 
 
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: weight decay on matrices and convolutions only.
+
+    Biases, norms, LayerScale gammas and learned tokens are excluded: decaying the LayerScale gammas
+    (initialised small) shrinks every alternating-attention block towards the identity, and the
+    heads then see per-frame features only, with no cross-view information.
+    """
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        is_token = name.endswith(("_token", "_tokens", "pos_embed"))
+        (no_decay if param.ndim <= 1 or is_token else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def reset_layerscale(model: torch.nn.Module, value: float) -> int:
+    """Set every LayerScale gamma of the AA stack and the camera trunk to ``value``; returns how many."""
+    count = 0
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith(".gamma") and not name.startswith("aggregator.patch_embed."):
+                param.fill_(value)
+                count += 1
+    return count
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=Path("runs/pacegeo-tiny"))
@@ -86,6 +113,8 @@ def parse_args(argv=None):
     p.add_argument("--val-every", type=int, default=500, help="steps between validation runs")
     p.add_argument("--export", type=Path, default=None, help="also write a float16 copy here at each save")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all)")
+    p.add_argument("--reset-layerscale", type=float, default=None,
+                   help="set the AA and camera-trunk LayerScale gammas to this value before training")
     p.add_argument("--workers", type=int, default=None, help="data workers rendering clips (default: 0 on CPU, all cores but two on GPU)")
     return p.parse_args(argv)
 
@@ -143,8 +172,10 @@ def main(argv=None) -> int:
         start_step = int(read_metadata(args.init).get("train_steps", "0") if args.init.endswith(".safetensors") else 0)
     else:
         model = VGGT(pacegeo_tiny())
+    if args.reset_layerscale:
+        reset_layerscale(model, args.reset_layerscale)
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.05, betas=(0.9, 0.95))
+    optimizer = torch.optim.AdamW(param_groups(model, weight_decay=0.05), lr=args.lr, betas=(0.9, 0.95))
     model, optimizer = accelerator.prepare(model, optimizer)
     raw = accelerator.unwrap_model(model)
 

@@ -205,13 +205,14 @@ def pacegeo_tiny() -> VGGTConfig:
     return VGGTConfig(
         aggregator=AggregatorConfig(
             img_size=224,
+            init_values=0.1,  # trained from scratch: a larger LayerScale than VGGT-1B's 0.01
             embed_dim=dim,
             depth=6,
             num_heads=heads,
             patch_embed="dino",
             dino=DinoConfig(img_size=224, embed_dim=dim, depth=2, num_heads=heads),
         ),
-        camera_head=CameraHeadConfig(dim_in=2 * dim, trunk_depth=1, num_heads=heads),
+        camera_head=CameraHeadConfig(dim_in=2 * dim, trunk_depth=1, num_heads=heads, init_values=0.1),
         depth_head=DPTHeadConfig(output_dim=2, activation="exp", **dpt),
         point_head=DPTHeadConfig(**dpt),
         name="pacegeo-tiny",
