@@ -239,7 +239,18 @@ def _build_pruner(
 
 
 def default_input_size(backbone: torch.nn.Module, label: str) -> int:
-    """The model's training input width: the aggregator's ``img_size`` (518 for VGGT-1B)."""
+    """The model's inference input width: the checkpoint's recorded preprocessing size when it has
+    one (``pacegeo-tiny``: its training width), else the aggregator's ``img_size`` (518 for VGGT-1B)."""
+    import json
+
+    from pacegeo.hub import read_metadata, resolve_weights
+
+    try:
+        meta = read_metadata(resolve_weights(label))
+        if "preprocess" in meta:
+            return int(json.loads(meta["preprocess"])["target_size"])
+    except Exception:  # random models and unresolvable labels fall back to the config
+        pass
     config = getattr(backbone, "config", None)
     size = getattr(getattr(config, "aggregator", None), "img_size", None)
     return int(size) if size else 518
