@@ -35,7 +35,7 @@ import sys
 from collections.abc import Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -54,7 +54,6 @@ logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 MAX_DEPTH_MM = 65535
-_INVALID_ID = o3d.t.geometry.RaycastingScene.INVALID_ID
 
 
 # ----------------------------------------------------------------------------------------------
@@ -193,26 +192,78 @@ def _cell_rand(x0: np.ndarray, y0: np.ndarray | int, salt: np.ndarray | int) -> 
 
 
 def _blend(c0: np.ndarray, c1: np.ndarray, t: np.ndarray, brightness: np.ndarray) -> np.ndarray:
-    """``[n,3]`` colour ``((1-t) c0 + t c1) * brightness`` for ``[n]`` weights ``t`` and ``brightness``."""
+    """``[3,n]`` colour ``((1-t) c0 + t c1) * brightness`` for ``[n]`` weights ``t`` and ``brightness``."""
     k1 = t * brightness
     k0 = brightness - k1
-    out = c0 * k0[:, None]
-    out += c1 * k1[:, None]
+    out = c0 * k0
+    out += c1 * k1
     return out
 
 
 @dataclass(frozen=True)
-class _TexArgs:
-    """Texture parameters gathered per sample: colours ``[n,3]``, ``inv_scale`` ``[n]`` (1/m),
-    params ``[n,4]``, ``salt`` ``[n]`` int32 (decorrelates the random lattice per material)."""
+class _Groups:
+    """Samples sorted by (texture kind, geometry id), ray misses last.
 
-    c0: np.ndarray
-    c1: np.ndarray
-    c2: np.ndarray
-    inv_scale: np.ndarray
-    p: np.ndarray
-    salt: np.ndarray
-    footprint: np.ndarray
+    ``order`` ``[n]`` holds the original index of each sorted sample; sorted samples
+    ``bounds[i]:bounds[i+1]`` lie on geometry ``gids[i]``; ``hits = bounds[-1]`` samples lie on
+    some geometry, the remaining ``n - hits`` are misses.
+    """
+
+    order: np.ndarray
+    gids: np.ndarray
+    bounds: np.ndarray
+
+    @property
+    def hits(self) -> int:
+        return int(self.bounds[-1])
+
+    def expand(self, values: np.ndarray, runs: slice = slice(None), share: bool = False) -> np.ndarray:
+        """Per-geometry ``values`` (last axis indexed by geometry id) repeated over the sorted
+        samples of ``runs`` (a slice of the geometry runs); with ``share``, a single geometry's
+        values are broadcast instead (a read-only view)."""
+        lo, hi, _ = runs.indices(len(self.gids))
+        v = np.take(values, self.gids[lo:hi], axis=-1)
+        if share and hi - lo == 1:
+            return np.broadcast_to(v, v.shape[:-1] + (int(self.bounds[hi] - self.bounds[lo]),))
+        return np.repeat(v, np.diff(self.bounds[lo:hi + 1]), axis=-1)
+
+
+class _TexArgs:
+    """Texture parameters of a run of grouped samples (see :class:`_Groups`), expanded per sample
+    on first use: colours ``c0``, ``c1``, ``c2`` ``[3,n]`` (channel-planar), ``inv_scale`` ``[n]``
+    (1/m), params ``p`` ``[4,n]``, ``salt`` ``[n]`` int32 (decorrelates the random lattice per
+    material); ``footprint`` ``[n]`` is the pixel size (m) on the surface. Read-only arrays."""
+
+    def __init__(self, tables: dict, groups: _Groups, runs: slice, footprint: np.ndarray) -> None:
+        self._tables, self._groups, self._runs = tables, groups, runs
+        self.footprint = footprint
+
+    def _expand(self, values: np.ndarray) -> np.ndarray:
+        return self._groups.expand(values, self._runs, share=True)
+
+    @cached_property
+    def c0(self) -> np.ndarray:
+        return self._expand(self._tables["c"][0])
+
+    @cached_property
+    def c1(self) -> np.ndarray:
+        return self._expand(self._tables["c"][1])
+
+    @cached_property
+    def c2(self) -> np.ndarray:
+        return self._expand(self._tables["c"][2])
+
+    @cached_property
+    def inv_scale(self) -> np.ndarray:
+        return self._expand(self._tables["inv_scale"])
+
+    @cached_property
+    def p(self) -> np.ndarray:
+        return self._expand(self._tables["p"])
+
+    @cached_property
+    def salt(self) -> np.ndarray:
+        return self._expand(self._tables["salt"])
 
 
 def _line_weight(mask: np.ndarray, width: np.ndarray, coverage: np.ndarray, footprint: np.ndarray) -> np.ndarray:
@@ -233,9 +284,9 @@ def _line_weight(mask: np.ndarray, width: np.ndarray, coverage: np.ndarray, foot
 
 
 def _mix_where(col: np.ndarray, c2: np.ndarray, weight: np.ndarray) -> np.ndarray:
-    """``col + (c2 - col) * weight`` for ``[n,3]`` colours and ``[n]`` weights (in place)."""
+    """``col + (c2 - col) * weight`` for ``[3,n]`` colours and ``[n]`` weights (in place)."""
     d = c2 - col
-    d *= weight[:, None]
+    d *= weight
     col += d
     return col
 
@@ -245,7 +296,7 @@ def _tex_paint(u: np.ndarray, v: np.ndarray, a: _TexArgs) -> np.ndarray:
     b = _noise(u * a.inv_scale, v * a.inv_scale)
     b *= 0.16
     b += 0.92
-    return a.c0 * b[:, None]
+    return a.c0 * b
 
 
 def _tex_noise(u: np.ndarray, v: np.ndarray, a: _TexArgs) -> np.ndarray:
@@ -253,12 +304,12 @@ def _tex_noise(u: np.ndarray, v: np.ndarray, a: _TexArgs) -> np.ndarray:
     x, y = u * a.inv_scale, v * a.inv_scale
     t = _noise(x, y)
     t -= 0.5
-    t *= a.p[:, 0] * 2.5
+    t *= a.p[0] * 2.5
     t += 0.5
     np.clip(t, 0.0, 1.0, out=t)
     speck = _noise(x * 9.1, y * 9.1)
     speck -= 0.5
-    speck *= a.p[:, 1] * 2.0
+    speck *= a.p[1] * 2.0
     speck += 1.0
     return _blend(a.c0, a.c1, t, speck)
 
@@ -268,12 +319,12 @@ def _tex_wood(u: np.ndarray, v: np.ndarray, a: _TexArgs) -> np.ndarray:
     row_f = v * a.inv_scale
     row = np.floor(row_f)
     fv = row_f - row
-    plank_f = u / a.p[:, 0] + _cell_rand(row, 0, a.salt)
+    plank_f = u / a.p[0] + _cell_rand(row, 0, a.salt)
     plank = np.floor(plank_f)
     fu = plank_f - plank
     r = _cell_rand(plank, row, a.salt + 1)
     grain = _noise(u * 1.5 + r * 40.0, fv * 1.5 + row * 3.7)
-    rings = np.sin((fv * a.p[:, 1] + 3.0 * grain) * np.float32(2 * np.pi))
+    rings = np.sin((fv * a.p[1] + 3.0 * grain) * np.float32(2 * np.pi))
     t = rings * 0.275
     t += 0.275 + 0.6 * (grain - 0.3)
     np.clip(t, 0.0, 1.0, out=t)
@@ -292,14 +343,14 @@ def _tex_tiles(u: np.ndarray, v: np.ndarray, a: _TexArgs) -> np.ndarray:
     x -= ix
     y -= iy
     t = _cell_rand(ix, iy, a.salt)
-    t *= a.p[:, 1]
+    t *= a.p[1]
     parity = (ix.astype(np.int32) + iy.astype(np.int32)) & 1
-    np.copyto(t, np.float32(1.0), where=(parity == 1) & (a.p[:, 2] > 0.5))
+    np.copyto(t, np.float32(1.0), where=(parity == 1) & (a.p[2] > 0.5))
     b = _noise(u * 3.1, v * 3.1)
     b *= 0.12
     b += 0.94
     col = _blend(a.c0, a.c1, t, b)
-    g = a.p[:, 0]
+    g = a.p[0]
     grout = (x < g) | (y < g) | (x > 1 - g) | (y > 1 - g)
     return _mix_where(col, a.c2, _line_weight(grout, 2 * g / a.inv_scale, 4 * g, a.footprint))
 
@@ -309,7 +360,7 @@ def _tex_brick(u: np.ndarray, v: np.ndarray, a: _TexArgs) -> np.ndarray:
     y = v * a.inv_scale
     row = np.floor(y)
     y -= row
-    x = u * a.inv_scale / a.p[:, 1]
+    x = u * a.inv_scale / a.p[1]
     x += 0.5 * (row.astype(np.int32) & 1)
     ix = np.floor(x)
     x -= ix
@@ -318,8 +369,8 @@ def _tex_brick(u: np.ndarray, v: np.ndarray, a: _TexArgs) -> np.ndarray:
     b *= 0.3
     b += 0.85
     col = _blend(a.c0, a.c1, t, b)
-    m = a.p[:, 0]
-    mortar = (y < m) | (x * a.p[:, 1] < m)
+    m = a.p[0]
+    mortar = (y < m) | (x * a.p[1] < m)
     return _mix_where(col, a.c2, _line_weight(mortar, m / a.inv_scale, 1.4 * m, a.footprint))
 
 
@@ -328,31 +379,31 @@ def _tex_stripes(u: np.ndarray, v: np.ndarray, a: _TexArgs) -> np.ndarray:
     f = u * a.inv_scale
     f -= np.floor(f)
     period = 1.0 / a.inv_scale
-    duty = a.p[:, 0]
+    duty = a.p[0]
     t = _line_weight(f >= duty, 0.5 * period, 1.0 - duty, a.footprint)
     b = _noise(u * 2.3, v * 2.3)
     b *= 0.1
     b += 0.95
     col = _blend(a.c0, a.c1, t, b)
-    accent = np.abs(f - duty * 0.5) < a.p[:, 1] * 0.5
-    return _mix_where(col, a.c2, _line_weight(accent, a.p[:, 1] * period, a.p[:, 1], a.footprint))
+    accent = np.abs(f - duty * 0.5) < a.p[1] * 0.5
+    return _mix_where(col, a.c2, _line_weight(accent, a.p[1] * period, a.p[1], a.footprint))
 
 
 def _tex_poster(u: np.ndarray, v: np.ndarray, a: _TexArgs) -> np.ndarray:
     """Poster of size ``p0 x p1`` (uv from its lower-left corner): frame, picture, text-like lines."""
-    w, h = a.p[:, 0], a.p[:, 1]
+    w, h = a.p[0], a.p[1]
     s = u / w
     t = 1.0 - v / h  # 0 at the top
     col = a.c0.copy()
     # A picture block in the upper part: a smooth two-colour "photo".
-    pic_bottom = 0.1 + 0.45 * (a.p[:, 2] + 0.2)
+    pic_bottom = 0.1 + 0.45 * (a.p[2] + 0.2)
     pic = np.flatnonzero((s > 0.1) & (s < 0.9) & (t > 0.1) & (t < pic_bottom))
     if len(pic):
         n = _noise(u[pic] * 4.0 + a.salt[pic] * 0.01, v[pic] * 4.0)
         n -= 0.3
         n *= 2.5
         np.clip(n, 0.0, 1.0, out=n)
-        col[pic] = _blend(a.c1[pic], a.c2[pic], n, np.ones_like(n))
+        col[:, pic] = _blend(a.c1[:, pic], a.c2[:, pic], n, np.ones_like(n))
     # Text-like lines below: 3x5-bit glyphs, ragged line ends, gaps between words.
     text_top = pic_bottom + 0.05
     line_h = 0.055
@@ -372,14 +423,14 @@ def _tex_poster(u: np.ndarray, v: np.ndarray, a: _TexArgs) -> np.ndarray:
         bit = _cell_rand(ch * 16 + bx * 5 + by, line, salt + 5) < 0.55
         ink = bit & (bx < 3) & (by >= 0) & (by < 5) & ~word_gap & (ch < line_len)
         idx = txt[ink]
-        bg = a.c0[idx]
-        dark_bg = (0.2126 * bg[:, 0] + 0.7152 * bg[:, 1] + 0.0722 * bg[:, 2]) < 0.25
+        bg = a.c0[:, idx]
+        dark_bg = (0.2126 * bg[0] + 0.7152 * bg[1] + 0.0722 * bg[2]) < 0.25
         ink_col = bg * 0.08
-        ink_col[dark_bg] = 0.85
-        col[idx] = ink_col
+        ink_col[:, dark_bg] = 0.85
+        col[:, idx] = ink_col
     border = 0.025
     frame = (s < border) | (s > 1 - border) | (t < border * w / h) | (t > 1 - border * w / h)
-    col[frame] = a.c2[frame] * 0.3
+    col[:, frame] = a.c2[:, frame] * 0.3
     return col
 
 
@@ -1241,8 +1292,10 @@ def _material_tables(geoms: list[_Geometry]) -> dict[str, np.ndarray]:
 
     Texture frames are rotations about the world z axis (``cos``/``sin`` of their yaw, origin
     ``ox, oy, oz``); the random texture offset of box-like (triplanar) geometries is folded into
-    their frame origin. Each field is a separate contiguous array: per-pixel gathers of single
-    fields are cheaper than gathering packed rows.
+    their frame origin. Colours ``c`` are ``[3,3,G]`` (colour slot, channel, geometry) and params
+    ``p`` ``[4,G]``, so that a row expands straight into a channel-planar per-sample array.
+    ``rank`` ``[G+1]`` orders geometries by texture kind (then id) and maps ids past the last
+    geometry (ray misses) to ``G``; ``by_rank`` is its inverse.
     """
     mats = [g.material for g in geoms]
     R = np.array([g.R for g in geoms], np.float64)  # world -> local
@@ -1253,11 +1306,17 @@ def _material_tables(geoms: list[_Geometry]) -> dict[str, np.ndarray]:
     off = np.array([(m.uv_offset[0], m.uv_offset[1], 0.7 * m.uv_offset[0] + 0.3 * m.uv_offset[1]) for m in mats])
     tri = mapping == MAP_TRIPLANAR
     origin[tri] -= np.einsum("gji,gj->gi", R[tri], off[tri])  # local' = local + off
+    kind = np.array([m.kind for m in mats], np.int64)
+    by_rank = np.lexsort((np.arange(len(geoms)), kind))
+    rank = np.empty(len(geoms) + 1, np.min_scalar_type(len(geoms)))
+    rank[by_rank] = np.arange(len(geoms))
+    rank[-1] = len(geoms)
+    c = _srgb_to_linear(np.array([[m.c0, m.c1, m.c2] for m in mats], np.float32)).astype(np.float32)
     return {
-        "kind": np.array([m.kind for m in mats], np.int64),
-        "c": _srgb_to_linear(np.array([[m.c0, m.c1, m.c2] for m in mats], np.float32)).astype(np.float32),
+        "kind": kind,
+        "c": np.ascontiguousarray(c.transpose(1, 2, 0)),
         "inv_scale": np.array([1.0 / m.scale for m in mats], np.float32),
-        "p": np.array([m.params for m in mats], np.float32),
+        "p": np.ascontiguousarray(np.array([m.params for m in mats], np.float32).T),
         "salt": np.array([(m.seed * 7919) & 0xFFFF for m in mats], np.int32),
         "swap": np.array([m.swap_uv for m in mats], bool),
         "cos": R[:, 0, 0].astype(np.float32),
@@ -1266,14 +1325,26 @@ def _material_tables(geoms: list[_Geometry]) -> dict[str, np.ndarray]:
         "oy": origin[:, 1].astype(np.float32),
         "oz": origin[:, 2].astype(np.float32),
         "mapping": mapping,
+        "rank": rank,
+        "by_rank": by_rank,
     }
+
+
+def _group(tables: dict, gid: np.ndarray) -> _Groups:
+    """Sort samples by (texture kind, geometry) so that each geometry and each texture kind is a
+    contiguous run; ids past the last geometry (``INVALID_ID`` of a miss) sort last."""
+    n_geoms = len(tables["kind"])
+    key = np.take(tables["rank"], gid, mode="clip")
+    order = np.argsort(key, kind="stable")  # radix sort of small unsigned keys
+    starts = np.searchsorted(np.take(key, order), np.arange(n_geoms + 1, dtype=key.dtype))
+    runs = np.flatnonzero(np.diff(starts))
+    return _Groups(order, tables["by_rank"][runs], np.append(starts[runs], starts[-1]))
 
 
 @dataclass(frozen=True)
 class _Hits:
-    """Surface samples in structure-of-arrays form (all ``[n]`` float32 except ``gid`` intp)."""
+    """Surface samples in structure-of-arrays form (all ``[n]`` float32), in :class:`_Groups` order."""
 
-    gid: np.ndarray
     px: np.ndarray
     py: np.ndarray
     pz: np.ndarray
@@ -1282,18 +1353,17 @@ class _Hits:
     nz: np.ndarray
 
 
-def _texture_uv(tables: dict, h: _Hits) -> tuple[np.ndarray, np.ndarray]:
-    """Texture coordinates ``(u, v)`` ``[n]`` (metres) of surface samples.
+def _texture_uv(tables: dict, h: _Hits, groups: _Groups) -> tuple[np.ndarray, np.ndarray]:
+    """Texture coordinates ``(u, v)`` ``[n]`` (metres) of grouped surface samples.
 
     Box-like geometries use the two local axes across the dominant normal axis (walls: along the
     wall and up; floors: x and y); cylinders and spheres use an unrolled angle and the height.
     """
-    g = h.gid
-    c = np.take(tables["cos"], g)
-    s = np.take(tables["sin"], g)
-    qx = h.px - np.take(tables["ox"], g)
-    qy = h.py - np.take(tables["oy"], g)
-    lz = h.pz - np.take(tables["oz"], g)
+    c = groups.expand(tables["cos"])
+    s = groups.expand(tables["sin"])
+    qx = h.px - groups.expand(tables["ox"])
+    qy = h.py - groups.expand(tables["oy"])
+    lz = h.pz - groups.expand(tables["oz"])
     lx = c * qx
     lx += s * qy
     ly = c * qy
@@ -1307,44 +1377,51 @@ def _texture_uv(tables: dict, h: _Hits) -> tuple[np.ndarray, np.ndarray]:
     anz = np.abs(h.nz)
     xdom = (anx >= any_) & (anx >= anz)
     zdom = (anz > anx) & (anz >= any_)
-    u = lx.copy()
-    np.copyto(u, ly, where=xdom)
-    v = lz.copy()
-    np.copyto(v, ly, where=zdom)
-    present = np.bincount(g, minlength=len(tables["mapping"])) > 0
-    if (present & (tables["mapping"] != MAP_TRIPLANAR)).any():
-        mapping = np.take(tables["mapping"], g)
-        curved = np.flatnonzero((mapping == MAP_SPHERE) | ((mapping == MAP_CYLINDER) & ~zdom))
+    u = np.where(xdom, ly, lx)
+    v = np.where(zdom, ly, lz)
+    mapping = tables["mapping"][groups.gids]
+    for i in np.flatnonzero(mapping != MAP_TRIPLANAR):
+        lo, hi = groups.bounds[i], groups.bounds[i + 1]
+        curved = slice(lo, hi) if mapping[i] == MAP_SPHERE else lo + np.flatnonzero(~zdom[lo:hi])
         x, y = lx[curved], ly[curved]
         u[curved] = np.arctan2(y, x) * np.maximum(np.hypot(x, y), 0.05)
         v[curved] = lz[curved]
-    if (present & tables["swap"]).any():
-        swap = np.flatnonzero(np.take(tables["swap"], g))
-        u[swap], v[swap] = v[swap], u[swap].copy()
+    for i in np.flatnonzero(tables["swap"][groups.gids]):
+        run = slice(groups.bounds[i], groups.bounds[i + 1])
+        u[run], v[run] = v[run].copy(), u[run].copy()
     return u, v
 
 
-def _albedo(tables: dict, h: _Hits, footprint: np.ndarray | None = None) -> np.ndarray:
-    """Linear albedo ``[n,3]`` float32 of surface samples.
+def _albedo_grouped(tables: dict, h: _Hits, groups: _Groups, footprint: np.ndarray) -> np.ndarray:
+    """Linear albedo ``[3,n]`` float32 (channel-planar) of grouped surface samples.
+
+    Each texture kind is one contiguous run of samples, evaluated vectorised with its per-geometry
+    parameters repeated over the samples.
+    """
+    u, v = _texture_uv(tables, h, groups)
+    out = np.empty((3, len(u)), np.float32)
+    kinds = tables["kind"][groups.gids]  # ascending
+    for k in np.unique(kinds):
+        runs = slice(int(np.searchsorted(kinds, k)), int(np.searchsorted(kinds, k, side="right")))
+        sl = slice(groups.bounds[runs.start], groups.bounds[runs.stop])
+        out[:, sl] = _TEXTURES[k](u[sl], v[sl], _TexArgs(tables, groups, runs, footprint[sl]))
+    np.clip(out, 0.0, 1.0, out=out)
+    return out
+
+
+def _albedo(tables: dict, gid: np.ndarray, h: _Hits, footprint: np.ndarray | None = None) -> np.ndarray:
+    """Linear albedo ``[n,3]`` float32 of surface samples on geometries ``gid`` ``[n]`` (any order).
 
     ``footprint`` ``[n]`` is the size (m) of a pixel on the surface, used to fade sub-pixel detail;
-    ``None`` samples the textures exactly. Each texture kind is evaluated vectorised over its samples.
+    ``None`` samples the textures exactly.
     """
-    n = len(h.gid)
-    if footprint is None:
-        footprint = np.zeros(n, np.float32)
-    u, v = _texture_uv(tables, h)
-    kind = np.take(tables["kind"], h.gid)
-    present = np.flatnonzero(np.bincount(kind, minlength=len(_TEXTURES)))
+    n = len(gid)
+    groups = _group(tables, gid)
+    o = groups.order
+    hs = _Hits(*(np.take(a, o) for a in (h.px, h.py, h.pz, h.nx, h.ny, h.nz)))
+    fp = np.zeros(n, np.float32) if footprint is None else np.take(footprint, o)
     out = np.empty((n, 3), np.float32)
-    for k in present:
-        idx = np.flatnonzero(kind == k) if len(present) > 1 else slice(None)
-        g = h.gid[idx]
-        c = np.take(tables["c"], g, axis=0)
-        args = _TexArgs(c[:, 0], c[:, 1], c[:, 2], np.take(tables["inv_scale"], g),
-                        np.take(tables["p"], g, axis=0), np.take(tables["salt"], g), footprint[idx])
-        out[idx] = _TEXTURES[k](u[idx], v[idx], args)
-    np.clip(out, 0.0, 1.0, out=out)
+    out[o] = _albedo_grouped(tables, hs, groups, fp).T
     return out
 
 
@@ -1588,6 +1665,49 @@ def _sensor_maps(scene: Scene, width: int, height: int) -> tuple[np.ndarray, np.
 _CAST_THREADS = 0  # threads per cast_rays call (0 = all); worker processes use 1
 
 
+def _world_dirs(x: np.ndarray, y: np.ndarray, cam_to_world: np.ndarray,
+                out: list[np.ndarray] | None = None) -> list[np.ndarray]:
+    """World directions ``R @ (x, y, 1)`` of camera-frame rays as three ``[n]`` float32 arrays
+    (written to ``out`` when given)."""
+    R = np.asarray(cam_to_world[:3, :3], np.float32)
+    out = [np.empty(x.size, np.float32) for _ in range(3)] if out is None else out
+    tmp = np.empty(x.size, np.float32)
+    for i, d in enumerate(out):  # elementwise rather than a BLAS matmul: no idle-spinning BLAS threads
+        np.multiply(x, R[i, 0], out=d)
+        d += np.multiply(y, R[i, 1], out=tmp)
+        d += R[i, 2]
+    return out
+
+
+def _cast_rays(scene: Scene, cam_to_world: np.ndarray, x: np.ndarray, y: np.ndarray,
+               width: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Cast rays with camera-frame directions ``(x, y, 1)`` (``[n]`` each) from a camera pose.
+
+    ``width > 0`` says that the rays form a skew-free pixel grid of that width (``x`` repeats on
+    every row, ``y`` is constant along a row): the directions are then summed from per-column and
+    per-row products, with the same result.
+
+    Returns ``t`` ``[n]`` (inf on a miss), ``gid`` ``[n]`` uint32, ``normals`` ``[n,3]`` and the
+    rays ``[n,6]`` float32 (world origin, world direction).
+    """
+    origin = np.asarray(cam_to_world[:3, 3], np.float32)
+    rays = np.empty((x.size, 6), np.float32)
+    for i in range(3):
+        rays[:, i].fill(origin[i])
+    if width:
+        R = np.asarray(cam_to_world[:3, :3], np.float32)
+        grid = rays.reshape(-1, width, 6)
+        xu, yv = x[:width], y[::width]
+        for i in range(3):  # (x R_i0 + y R_i1) + R_i2, as in _world_dirs
+            d = grid[:, :, 3 + i]
+            np.add(xu * R[i, 0], (yv * R[i, 1])[:, None], out=d)
+            d += R[i, 2]
+    else:
+        _world_dirs(x, y, cam_to_world, out=[rays[:, 3 + i] for i in range(3)])
+    res = scene.raycaster.cast_rays(o3d.core.Tensor.from_numpy(rays), nthreads=_CAST_THREADS)
+    return res["t_hit"].numpy(), res["geometry_ids"].numpy(), res["primitive_normals"].numpy(), rays
+
+
 def cast_camera_rays(scene: Scene, cam_to_world: np.ndarray, K: np.ndarray, width: int,
                      height: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Cast one ray per pixel centre.
@@ -1598,74 +1718,79 @@ def cast_camera_rays(scene: Scene, cam_to_world: np.ndarray, K: np.ndarray, widt
         (``RaycastingScene.INVALID_ID`` on a miss), ``normals`` ``[H*W,3]`` float32 geometric
         normals, ``dirs`` ``[3,H*W]`` float32 world directions.
     """
-    cx, cy = _camera_rays(int(width), int(height), tuple(float(x) for x in np.asarray(K).ravel()))
-    R = np.asarray(cam_to_world[:3, :3], np.float32)
-    dirs = np.empty((3, cx.size), np.float32)
-    for i in range(3):  # elementwise rather than a BLAS matmul: no idle-spinning BLAS threads
-        np.multiply(cx, R[i, 0], out=dirs[i])
-        dirs[i] += cy * R[i, 1]
-        dirs[i] += R[i, 2]
-    rays = np.empty((cx.size, 6), np.float32)
-    rays[:, :3] = np.asarray(cam_to_world[:3, 3], np.float32)
-    rays[:, 3:] = dirs.T
-    res = scene.raycaster.cast_rays(o3d.core.Tensor.from_numpy(rays), nthreads=_CAST_THREADS)
-    return res["t_hit"].numpy(), res["geometry_ids"].numpy(), res["primitive_normals"].numpy(), dirs
+    x, y = _camera_rays(int(width), int(height), tuple(float(v) for v in np.asarray(K).ravel()))
+    t, gid, normals, rays = _cast_rays(scene, cam_to_world, x, y, int(width) if K[0, 1] == 0 else 0)
+    return t, gid, normals, np.ascontiguousarray(rays[:, 3:].T)
 
 
-def _hits_from_rays(origin: np.ndarray, t: np.ndarray, gid: np.ndarray, normals: np.ndarray,
-                    dirs: np.ndarray, focal: float = 1.0) -> tuple[_Hits, np.ndarray]:
-    """Hit points and camera-facing normals (structure of arrays); ``t`` must be finite.
+def _hits_from_rays(origin: np.ndarray, t: np.ndarray, normals: list[np.ndarray], dirs: list[np.ndarray],
+                    focal: float = 1.0) -> tuple[_Hits, np.ndarray]:
+    """Hit points and camera-facing normals (structure of arrays) of rays with finite ``t`` ``[n]``.
 
+    ``normals`` and ``dirs`` are three ``[n]`` arrays each; the normals are flipped in place.
     Also returns the pixel footprint ``[n]`` (m) on the surface for a focal length ``focal`` (px):
     ray length / focal / |cos(incidence)|, with the cosine clamped at 0.25.
     """
-    px = dirs[0] * t
-    px += origin[0]
-    py = dirs[1] * t
-    py += origin[1]
-    pz = dirs[2] * t
-    pz += origin[2]
-    nx, ny, nz = normals[:, 0].copy(), normals[:, 1].copy(), normals[:, 2].copy()
+    p = []
+    for i in range(3):
+        q = dirs[i] * t
+        q += origin[i]
+        p.append(q)
+    nx, ny, nz = normals
+    tmp = np.empty_like(t)
     facing = nx * dirs[0]
-    facing += ny * dirs[1]
-    facing += nz * dirs[2]
-    sign = np.float32(1.0) - np.float32(2.0) * (facing > 0)
-    nx *= sign
-    ny *= sign
-    nz *= sign
+    facing += np.multiply(ny, dirs[1], out=tmp)
+    facing += np.multiply(nz, dirs[2], out=tmp)
+    away = facing > 0
+    for n in normals:
+        np.negative(n, out=n, where=away)
     d2 = dirs[0] * dirs[0]
-    d2 += dirs[1] * dirs[1]
-    d2 += dirs[2] * dirs[2]
+    d2 += np.multiply(dirs[1], dirs[1], out=tmp)
+    d2 += np.multiply(dirs[2], dirs[2], out=tmp)
     np.abs(facing, out=facing)
-    np.maximum(facing, 0.25 * np.sqrt(d2), out=facing)
-    footprint = t * d2
+    np.sqrt(d2, out=tmp)
+    tmp *= 0.25
+    np.maximum(facing, tmp, out=facing)
+    footprint = np.multiply(t, d2, out=d2)
     footprint /= facing
     footprint *= np.float32(1.0 / focal)
-    return _Hits(gid.astype(np.intp), px, py, pz, nx, ny, nz), footprint
+    return _Hits(p[0], p[1], p[2], nx, ny, nz), footprint
 
 
 def _shade(scene: Scene, h: _Hits) -> np.ndarray:
-    """``[n,3]`` float32 irradiance: ambient + Lambertian point lights with soft distance falloff."""
-    irr = [np.full(len(h.px), a, np.float32) for a in scene.ambient]
+    """``[3,n]`` float32 (channel-planar) irradiance: ambient + Lambertian point lights with soft
+    distance falloff."""
+    n = len(h.px)
+    irr = np.empty((3, n), np.float32)
+    for c in range(3):
+        irr[c].fill(scene.ambient[c])
+    vx, vy, vz, tmp = (np.empty(n, np.float32) for _ in range(4))
     for pos, col in zip(scene.lights.astype(np.float32), scene.light_colors * 1.6):
-        vx = pos[0] - h.px
-        vy = pos[1] - h.py
-        vz = pos[2] - h.pz
+        np.subtract(pos[0], h.px, out=vx)
+        np.subtract(pos[1], h.py, out=vy)
+        np.subtract(pos[2], h.pz, out=vz)
         ndl = vx * h.nx
-        ndl += vy * h.ny
-        ndl += vz * h.nz
+        ndl += np.multiply(vy, h.ny, out=tmp)
+        ndl += np.multiply(vz, h.nz, out=tmp)
         np.maximum(ndl, 0.0, out=ndl)
-        d2 = vx * vx
-        d2 += vy * vy
-        d2 += vz * vz
-        den = np.sqrt(d2)
+        d2 = np.multiply(vx, vx, out=vx)
+        d2 += np.multiply(vy, vy, out=vy)
+        d2 += np.multiply(vz, vz, out=vz)
+        den = np.sqrt(d2, out=vy)
         d2 *= 0.25
         d2 += 1.0
         den *= d2
         ndl /= den
         for c in range(3):
-            irr[c] += ndl * np.float32(col[c])
-    return np.stack(irr, axis=1)
+            irr[c] += np.multiply(ndl, np.float32(col[c]), out=tmp)
+    return irr
+
+
+def _sky(scene: Scene, dirs: np.ndarray) -> np.ndarray:
+    """``[3,n]`` float32 radiance of the sky seen along world directions ``dirs`` ``[3,n]``."""
+    dz = dirs[2] / np.sqrt((dirs * dirs).sum(0))
+    lo, hi = scene.sky
+    return (lo[:, None] + (hi - lo)[:, None] * np.clip(dz, 0, 1)).astype(np.float32)
 
 
 def render_frame(scene: Scene, cam_to_world: np.ndarray, K: np.ndarray, width: int, height: int, *,
@@ -1682,30 +1807,35 @@ def render_frame(scene: Scene, cam_to_world: np.ndarray, K: np.ndarray, width: i
     Returns:
         ``(rgb [H,W,3] uint8, depth [H,W] float32)``: z-depth in metres, 0 where nothing is hit.
     """
-    t, gid, normals, dirs = cast_camera_rays(scene, cam_to_world, K, width, height)
-    miss = np.flatnonzero(gid == _INVALID_ID)
-    depth = t.reshape(height, width).copy()
-    if len(miss):  # shade misses as if they hit geometry 0 at the camera, then paint the sky
-        depth.ravel()[miss] = 0.0
-        t = depth.ravel()
-        gid = gid.copy()
-        gid[miss] = 0
-        normals = normals.copy()
-        normals[miss] = (0.0, 0.0, 1.0)
+    x, y = _camera_rays(int(width), int(height), tuple(float(v) for v in np.asarray(K).ravel()))
+    t, gid, normals, rays = _cast_rays(scene, cam_to_world, x, y, int(width) if K[0, 1] == 0 else 0)
+    # Shade grouped by texture kind and geometry, then scatter to pixels (misses come last).
+    groups = _group(scene._tables, gid)
+    m = groups.hits
+    hit, miss = groups.order[:m], groups.order[m:]
+    ts = np.take(t, hit)
+    depth = t.copy()
+    depth[miss] = 0.0
+    dirs = _world_dirs(np.take(x, hit), np.take(y, hit), cam_to_world)
+    nrm = [np.take(normals[:, i], hit) for i in range(3)]
     origin = np.asarray(cam_to_world[:3, 3], np.float32)
-    hits, footprint = _hits_from_rays(origin, t, gid, normals, dirs, focal=float(np.sqrt(K[0, 0] * K[1, 1])))
-    radiance = _albedo(scene._tables, hits, footprint)
-    radiance *= _shade(scene, hits)
-    if len(miss):
-        dm = dirs[:, miss]
-        dz = dm[2] / np.sqrt((dm * dm).sum(0))
-        lo, hi = scene.sky
-        radiance[miss] = (lo + (hi - lo) * np.clip(dz, 0, 1)[:, None]).astype(np.float32)
-    return _develop(scene, radiance.reshape(height, width, 3), frame_index), depth
+    hits, footprint = _hits_from_rays(origin, ts, nrm, dirs, focal=float(np.sqrt(K[0, 0] * K[1, 1])))
+    shaded = _albedo_grouped(scene._tables, hits, groups, footprint)
+    shaded *= _shade(scene, hits)
+    radiance = np.empty((len(t), 3), np.float32)
+    sky = _sky(scene, np.take(rays, miss, axis=0)[:, 3:].T) if len(miss) else None
+    for c in range(3):
+        radiance[:, c][hit] = shaded[c]
+        if sky is not None:
+            radiance[:, c][miss] = sky[c]
+    return _develop(scene, radiance.reshape(height, width, 3), frame_index), depth.reshape(height, width)
 
 
 def _develop(scene: Scene, radiance: np.ndarray, frame_index: int) -> np.ndarray:
-    """Camera response: auto exposure, white balance, vignetting, noise, mild blur, sRGB -> uint8."""
+    """Camera response: auto exposure, white balance, vignetting, noise, mild blur, sRGB -> uint8.
+
+    ``radiance`` ``[H,W,3]`` is modified in place.
+    """
     ph = scene.photometric
     h, w = radiance.shape[:2]
     rng = np.random.default_rng([scene.seed, 0xF4A3, int(frame_index)])
@@ -1817,8 +1947,8 @@ def scene_mesh(scene: Scene, spacing: float | None = None) -> SceneMesh:
     G = np.concatenate(gids)
     N = np.concatenate(norms)
     V32, N32 = V.astype(np.float32), N.astype(np.float32)
-    hits = _Hits(G, V32[:, 0], V32[:, 1], V32[:, 2], N32[:, 0], N32[:, 1], N32[:, 2])
-    albedo = _albedo(scene._tables, hits, np.full(len(G), spacing, np.float32))  # vertex = local average
+    hits = _Hits(V32[:, 0], V32[:, 1], V32[:, 2], N32[:, 0], N32[:, 1], N32[:, 2])
+    albedo = _albedo(scene._tables, G, hits, np.full(len(G), spacing, np.float32))  # vertex = local average
     colors = _gamma_lut()[(albedo * 4095).astype(np.int16)]
     return SceneMesh(V, np.concatenate(faces).astype(np.int64), colors, N)
 
