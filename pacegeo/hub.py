@@ -299,5 +299,6 @@ def save_backbone(model: VGGT, path: str | Path, half: bool = False, extra: dict
     meta.update(extra or {})
     tmp = path.with_name(path.name + ".tmp")
     save_file(state, str(tmp), metadata=meta)
+    os.chmod(tmp, 0o644)  # safetensors creates the file owner-only
     os.replace(tmp, path)
     return path

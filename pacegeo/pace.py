@@ -405,6 +405,7 @@ def save_pruner(model: PaceVGGT, path: str | Path, extra: dict[str, str] | None 
     state = {k: v.detach().contiguous().cpu() for k, v in model.pruner_state_dict().items()}
     tmp = path.with_name(path.name + ".tmp")
     save_file(state, str(tmp), metadata=meta)
+    tmp.chmod(0o644)  # safetensors creates the file owner-only
     tmp.replace(path)
     return path
 
