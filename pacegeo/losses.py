@@ -25,6 +25,7 @@ def camera_loss(
     weight_trans: float = 1.0,
     weight_rot: float = 2.0,
     weight_fov: float = 0.5,
+    weight_quat: float = 1.0,
     gamma: float = 0.6,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Camera loss over the refinement iterations (later iterations weigh more: ``gamma^(n-1-i)``).
@@ -32,6 +33,12 @@ def camera_loss(
     Translation and field of view use a Huber (smooth L1) loss on the pose encoding; rotation uses
     the geodesic angle between predicted and true rotations, so that 10-20 degree errors carry a
     weight comparable to the translation term (an L1 on quaternion components would not).
+
+    The geodesic angle does not depend on the quaternion's norm, so on its own it leaves the norm
+    free to drift; under Adam it grows step after step (every update is orthogonal to ``q``), and
+    the rotation's effective learning rate falls as ``1/|q|^2`` until the head is stuck near its
+    mean pose. A Huber term on the quaternion components (sign-aligned with the prediction, as in
+    VGGT's own L1 pose loss) pins the norm near 1; ``weight_quat`` sets its weight.
 
     Args:
         pose_enc_list: per-iteration predictions ``[B, S, 9]``.
@@ -41,16 +48,26 @@ def camera_loss(
     R_gt = gt_extrinsics[..., :3, :3]
     n = len(pose_enc_list)
     total = gt.new_zeros(())
-    parts = {"trans": 0.0, "rot_deg": 0.0, "fov": 0.0}
+    parts = {"trans": 0.0, "rot_deg": 0.0, "fov": 0.0, "quat_norm": 0.0, "rot_identity_deg": 0.0}
     for i, pred in enumerate(pose_enc_list):
         w = gamma ** (n - 1 - i)
         l_t = F.smooth_l1_loss(pred[..., :3], gt[..., :3], beta=0.1)
-        angle = geodesic_angle(quaternion_to_matrix(pred[..., 3:7]), R_gt)
+        q_pred = pred[..., 3:7]
+        angle = geodesic_angle(quaternion_to_matrix(q_pred), R_gt)
         l_r = angle.mean()
+        q_gt = gt[..., 3:7]
+        q_gt = torch.where((q_gt * q_pred.detach()).sum(-1, keepdim=True) < 0, -q_gt, q_gt)
+        l_q = F.smooth_l1_loss(q_pred, q_gt, beta=0.1)
         l_f = F.smooth_l1_loss(pred[..., 7:], gt[..., 7:], beta=0.1)
-        total = total + w * (weight_trans * l_t + weight_rot * l_r + weight_fov * l_f)
+        total = total + w * (weight_trans * l_t + weight_rot * l_r + weight_quat * l_q + weight_fov * l_f)
         if i == n - 1:
-            parts = {"trans": l_t.item(), "rot_deg": torch.rad2deg(l_r).item(), "fov": l_f.item()}
+            parts = {
+                "trans": l_t.item(),
+                "rot_deg": torch.rad2deg(l_r).item(),
+                "fov": l_f.item(),
+                "quat_norm": q_pred.detach().norm(dim=-1).mean().item(),
+                "rot_identity_deg": torch.rad2deg(geodesic_angle(torch.eye(3, device=R_gt.device).expand_as(R_gt), R_gt).mean()).item(),
+            }
     return total, parts
 
 
