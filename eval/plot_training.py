@@ -29,10 +29,12 @@ def main(argv=None) -> int:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows, vals = {}, []
+    rows, vals, segment_starts = {}, [], []
     for run in args.runs:
         with open(run / "log.csv") as f:
-            for row in csv.DictReader(f):
+            for i, row in enumerate(csv.DictReader(f)):
+                if i == 0:
+                    segment_starts.append(int(row["step"]))
                 rows[int(row["step"])] = row  # a resumed run overwrites the steps it repeats
         if (run / "val.jsonl").exists():
             vals += [json.loads(line) for line in (run / "val.jsonl").read_text().splitlines() if line.strip()]
@@ -46,6 +48,15 @@ def main(argv=None) -> int:
         y = np.array([float(rows[s][key]) for s in steps])
         ax.plot(steps, y, color="0.8", lw=0.5)
         ax.plot(steps[len(steps) - len(smooth(y)):], smooth(y), color="C0")
+        if key == "cam_rot_deg":  # the identity pose's error on the same clips, where logged
+            has = np.array([bool(rows[s].get("cam_rot_identity_deg")) for s in steps])
+            if has.any():
+                yi = np.array([float(rows[s]["cam_rot_identity_deg"]) for s in steps[has]])
+                ax.plot(steps[has][len(yi) - len(smooth(yi)):], smooth(yi), color="C3", label="identity poses")
+                ax.legend(fontsize=7)
+        for start in segment_starts[1:]:
+            ax.axvline(start, color="0.6", lw=0.6, ls=":")
+        ax.set_ylim(0, float(np.percentile(y, 99.5)) * 1.1)  # early spikes would flatten the rest
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("step")
     ax = axes[-1]
