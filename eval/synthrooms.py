@@ -111,6 +111,8 @@ def main(argv=None) -> int:
     p.add_argument("--json", type=Path, required=True)
     p.add_argument("--md", type=Path, default=None)
     p.add_argument("--plot", type=Path, default=None)
+    p.add_argument("--append", action="store_true",
+                   help="add to the records already in --json (replacing those with the same frames, pruner and keep)")
     args = p.parse_args(argv)
     torch.manual_seed(0)
     try:
@@ -147,6 +149,10 @@ def main(argv=None) -> int:
                       f"  rot {rec['rot_err_med']:.2f} deg (identity {rec['rot_err_identity_med']:.2f})"
                       f"  RRA15 {rec['rra15']:.3f}  AUC30 {rec['auc30']:.3f}  Chamfer {rec['chamfer']:.4f}"
                       f"  {rec['median_s'] * 1000:.0f} ms", flush=True)
+    if args.append and args.json.exists():
+        new_keys = {(r["frames"], r["pruner"], r["keep"]) for r in records}
+        old = [r for r in json.loads(args.json.read_text()) if (r["frames"], r["pruner"], r["keep"]) not in new_keys]
+        records = old + records
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(records, indent=1))
     if args.md:
@@ -162,8 +168,51 @@ def write_markdown(records: list[dict], path: Path) -> None:
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in records:
         lines.append("| " + " | ".join(f"{r[c]:.4g}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |")
+    lines += checks_table(records)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
+
+
+CHECK_METRICS = (("abs_rel", False), ("auc30", True), ("rra15", True))  # (metric, higher is better)
+
+
+def checks_table(records: list[dict], learned: str = "learned", ablation: str = "stage1") -> list[str]:
+    """Markdown rows comparing ``learned`` with the other pruners and with the unpruned model.
+
+    For each clip length and keep: the learned value of each metric, the best of the other pruners
+    (``ablation``, the stage-1-only scorer, is reported in its own column instead), whether learned
+    beats it, and the relative change against the unpruned backbone (positive = worse). Empty when
+    the records hold no ``learned`` pruner.
+    """
+    out = []
+    for frames in sorted({r["frames"] for r in records}):
+        recs = [r for r in records if r["frames"] == frames]
+        base = next((r for r in recs if r["pruner"] == "none"), None)
+        for keep in sorted({r["keep"] for r in recs if r["pruner"] == learned}, reverse=True):
+            at = {r["pruner"]: r for r in recs if r["keep"] == keep and r["pruner"] != "none"}
+            if learned not in at:
+                continue
+            if not out:
+                out = ["", "Learned pruner against the best other pruner at the same keep, and change against unpruned"
+                       " (positive = worse):", "",
+                       f"| frames | keep | metric | learned | best other | learned better | {ablation} | vs unpruned |",
+                       "|---|---|---|---|---|---|---|---|"]
+            for key, higher in CHECK_METRICS:
+                others = {n: r[key] for n, r in at.items() if n not in (learned, ablation)}
+                abl = f"{at[ablation][key]:.4g}" if ablation in at else "-"
+                mine = at[learned][key]
+                if others:
+                    best_name = (max if higher else min)(others, key=others.get)
+                    best = f"{others[best_name]:.4g} ({best_name})"
+                    wins = "yes" if (mine > others[best_name] if higher else mine < others[best_name]) else "no"
+                else:
+                    best, wins = "-", "-"
+                change = "-"
+                if base is not None and base[key]:
+                    rel = (mine - base[key]) / abs(base[key])
+                    change = f"{(-rel if higher else rel) * 100:+.1f}%"
+                out.append(f"| {frames} | {keep:g} | {key} | {mine:.4g} | {best} | {wins} | {abl} | {change} |")
+    return out
 
 
 def plot(records: list[dict], path: Path) -> None:

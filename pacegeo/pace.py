@@ -45,7 +45,7 @@ from pacegeo.pruning.budget import (
 from pacegeo.pruning.merge import TokenReduction, gather_tokens, reduce_tokens, straight_through_mask, topk_mask
 from pacegeo.pruning.restore import FeatureGuidedRestoration, RestorationConfig
 from pacegeo.pruning.scorer import ScorerConfig, TokenScorer
-from pacegeo.pruning.training_free import distinctiveness_scores, grid_scores, random_scores
+from pacegeo.pruning.training_free import coverage_prior, distinctiveness_scores, grid_scores, random_scores
 
 logger = logging.getLogger(__name__)
 
@@ -154,6 +154,9 @@ class PaceVGGT(nn.Module):
         ref_boost: frame 0 keeps ``min(1, ref_boost * keep)``; > 1 pads the other frames (see
             :mod:`pacegeo.pruning.budget`).
         coverage: weight of the spatial-coverage prior of the training-free scores.
+        learned_coverage: weight of the same prior added to the learned scorer's per-frame
+            standardised scores (0: the scorer alone). It spreads the kept set over the image
+            while the scorer decides between neighbouring tokens; saved with the pruner.
         seed: seed of the random baseline (the same selection at every call).
         amp_dtype: ``"auto"``, None/``"float32"``, ``"bfloat16"`` or ``"float16"`` for the
             embedding and the AA stack.
@@ -170,6 +173,7 @@ class PaceVGGT(nn.Module):
         merge_ratio: float = 0.5,
         ref_boost: float = 1.0,
         coverage: float = 0.5,
+        learned_coverage: float = 0.0,
         seed: int = 0,
         amp_dtype: str | torch.dtype | None = "auto",
         st_temperature: float = 1.0,
@@ -189,6 +193,7 @@ class PaceVGGT(nn.Module):
         self.merge_ratio = validate_merge_ratio(merge_ratio)
         self.ref_boost = validate_ref_boost(ref_boost)
         self.coverage = float(coverage)
+        self.learned_coverage = float(learned_coverage)
         self.seed = int(seed)
         self.amp_dtype = amp_dtype
         self.st_temperature = float(st_temperature)
@@ -216,7 +221,11 @@ class PaceVGGT(nn.Module):
         b, s, n, _ = feats.shape
         if self.mode == "learned":
             with no_autocast(feats.device):
-                return self.scorer(feats.float(), grid_hw).float()
+                logits = self.scorer(feats.float(), grid_hw).float()
+            if self.learned_coverage:
+                z = (logits - logits.mean(-1, keepdim=True)) / (logits.std(-1, keepdim=True, unbiased=False) + 1e-6)
+                logits = z + self.learned_coverage * coverage_prior(*grid_hw, device=feats.device)
+            return logits
         if self.mode == "training-free":
             return distinctiveness_scores(feats, grid_hw, coverage=self.coverage)
         if self.mode == "random":
@@ -400,6 +409,7 @@ def save_pruner(model: PaceVGGT, path: str | Path, extra: dict[str, str] | None 
         "backbone_fingerprint": backbone_fingerprint(model.backbone),
         "restoration": json.dumps(asdict(model.restoration.config)),
         "scorer": json.dumps(asdict(model.scorer.config)) if model.scorer is not None else "",
+        "learned_coverage": str(model.learned_coverage),
     }
     meta.update(extra or {})
     state = {k: v.detach().contiguous().cpu() for k, v in model.pruner_state_dict().items()}
@@ -463,6 +473,10 @@ def load_pruner(path: str | Path, backbone: nn.Module, verify_backbone: bool = T
                 f"or train a pruner for this backbone (train/distill.py, then train/finetune.py)"
             )
     kwargs.setdefault("mode", meta.get("mode", "learned") if scorer is not None else "training-free")
+    try:
+        kwargs.setdefault("learned_coverage", float(meta.get("learned_coverage", "0") or 0))
+    except ValueError:
+        raise CheckpointError(f"pruner checkpoint {path} has an unreadable learned_coverage {meta['learned_coverage']!r}") from None
     device = next(backbone.parameters()).device
     return PaceVGGT(backbone, scorer=scorer, restoration=restoration, **kwargs).to(device)
 

@@ -479,6 +479,28 @@ def test_pruner_checkpoint_round_trip(tmp_path, conv_model):
         assert torch.equal(pace(images, keep=0.5)["depth"], loaded(images, keep=0.5)["depth"])
 
 
+def test_learned_coverage_zero_leaves_the_scorer_alone_and_large_coverage_selects_the_grid(dino_model):
+    feats = torch.randn(1, 2, 20, dino_model.config.aggregator.embed_dim, generator=torch.Generator().manual_seed(3))
+    grid_hw = (4, 5)
+    plain = _pace(dino_model, "learned")
+    with torch.no_grad():
+        assert torch.equal(plain.score(feats, grid_hw), plain.scorer(feats, grid_hw))
+        spread = _pace(dino_model, "learned", learned_coverage=1e3).score(feats, grid_hw)
+        grid = _pace(dino_model, "grid").score(feats, grid_hw)
+        mixed = _pace(dino_model, "learned", learned_coverage=0.5).score(feats, grid_hw)
+    for k in (3, 7, 12):
+        top = lambda x: set(x[0, 1].topk(k).indices.tolist())  # noqa: E731
+        assert top(spread) == top(grid)
+    # a mild prior keeps the scorer's say: the ranking differs from the grid's
+    assert mixed[0, 1].argsort().tolist() != grid[0, 1].argsort().tolist()
+
+
+def test_learned_coverage_is_saved_with_the_pruner_and_can_be_overridden(tmp_path, conv_model):
+    path = save_pruner(_pace(conv_model, "learned", learned_coverage=2.0), tmp_path / "pruner.safetensors")
+    assert load_pruner(path, conv_model).learned_coverage == 2.0
+    assert load_pruner(path, conv_model, learned_coverage=0.0).learned_coverage == 0.0
+
+
 # -- cost -----------------------------------------------------------------------------------------
 
 

@@ -57,6 +57,9 @@ def parse_args(argv=None):
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--keep-range", type=float, nargs=2, default=(0.15, 0.8))
     p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--coverage", type=float, default=None,
+                   help="learned_coverage of the pruner: weight of the spatial-coverage prior added to the standardised "
+                        "scores (default: the --init checkpoint's)")
     p.add_argument("--weight-gt", type=float, default=1.0)
     p.add_argument("--weight-teacher", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
@@ -67,7 +70,8 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
-        accelerator, backbone, pace, (height, width) = setup_training(args, mode="learned")
+        extra = {} if args.coverage is None else {"learned_coverage": args.coverage}
+        accelerator, backbone, pace, (height, width) = setup_training(args, mode="learned", **extra)
     except PacegeoError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
