@@ -776,12 +776,12 @@ def _map_transform(store: MapStore, index: int):
 
 def _joint_inputs(store: MapStore, rows: np.ndarray, queries: "PreparedInputs", q: int) -> "PreparedInputs":
     """``[map frames rows..., query q]`` as one :class:`PreparedInputs` (padded to a common shape if needed)."""
-    from pacegeo.io.images import _pad_to_common_shape
+    from pacegeo.io.images import pad_to_common_shape
     from pacegeo.pipeline import PreparedInputs, _unique_names
 
     images = list(store.image_tensors(rows)) + [queries.images[q]]
     transforms = [_map_transform(store, int(i)) for i in rows] + [queries.transforms[q]]
-    images, transforms = _pad_to_common_shape(images, transforms)
+    images, transforms = pad_to_common_shape(images, transforms)
     names = _unique_names([store.names[int(i)] for i in rows] + [queries.names[q]])
     return PreparedInputs(
         images=torch.stack(images),

@@ -377,10 +377,10 @@ def prepare_inputs(
         InputError: bad options, missing/empty inputs, an unreadable image in strict mode, a bad
             video, or no readable frame.
     """
-    from pacegeo.io.images import _check_options, _pad_to_common_shape, preprocess_image, read_image_rgb
+    from pacegeo.io.images import check_preprocess_options, pad_to_common_shape, preprocess_image, read_image_rgb
 
     start = time.perf_counter()
-    _check_options(mode, target_size)
+    check_preprocess_options(mode, target_size)
     select_frames(0, frames, stride)  # validates the options
     if fps is not None and (isinstance(fps, bool) or not isinstance(fps, (int, float)) or not math.isfinite(fps) or fps <= 0):
         raise InputError(f"fps must be a positive number, got {fps!r}")
@@ -410,9 +410,9 @@ def prepare_inputs(
                     rgb = read_image_rgb(path)
                     source, name = str(path), path.name
                 else:
-                    from pacegeo.io.images import _read_any
+                    from pacegeo.io.images import read_image_source
 
-                    rgb, source, path = _read_any(item, index)
+                    rgb, source, path = read_image_source(item, index)
                     name = source
             except InputError as err:
                 if strict:
@@ -430,7 +430,7 @@ def prepare_inputs(
         raise InputError(f"no readable images in {description}{first}")
     for _, reason in skipped:  # reported once we know the run goes on
         logger.warning("skipping unreadable image: %s", reason)
-    images, transforms = _pad_to_common_shape(images, transforms)
+    images, transforms = pad_to_common_shape(images, transforms)
     return PreparedInputs(
         images=torch.stack(images),
         transforms=list(transforms),

@@ -54,12 +54,15 @@ __all__ = [
     "PreprocessedImages",
     "SkippedImage",
     "array_to_rgb",
+    "check_preprocess_options",
     "list_image_files",
     "load_images",
     "natural_sort_key",
+    "pad_to_common_shape",
     "pil_to_rgb",
     "preprocess_image",
     "read_image_rgb",
+    "read_image_source",
 ]
 
 
@@ -406,7 +409,7 @@ def array_to_rgb(image: np.ndarray | torch.Tensor, source: str = "<array>") -> n
     return pil_to_rgb(pil)
 
 
-def _read_any(item: ImageSource, index: int) -> tuple[np.ndarray, str, Path | None]:
+def read_image_source(item: ImageSource, index: int) -> tuple[np.ndarray, str, Path | None]:
     """Read one input item; returns RGB uint8, a source label and the path (or None)."""
     if isinstance(item, (str, os.PathLike)):
         path = Path(item)
@@ -429,7 +432,8 @@ def _read_any(item: ImageSource, index: int) -> tuple[np.ndarray, str, Path | No
 # --------------------------------------------------------------------------------------------
 
 
-def _check_options(mode: str, target_size: int) -> None:
+def check_preprocess_options(mode: str, target_size: int) -> None:
+    """Raise :class:`InputError` unless ``mode`` is ``crop``/``pad`` and ``target_size`` a multiple of the patch size."""
     if mode not in ("crop", "pad"):
         raise InputError(f"preprocessing mode must be 'crop' or 'pad', got {mode!r}")
     if not isinstance(target_size, int) or target_size < PATCH_SIZE or target_size % PATCH_SIZE:
@@ -476,7 +480,7 @@ def preprocess_image(
     Returns:
         ``[3, H', W']`` float32 in [0, 1] and its :class:`ImageTransform`.
     """
-    _check_options(mode, target_size)
+    check_preprocess_options(mode, target_size)
     height, width = rgb.shape[:2]
     new_w, new_h = _resized_size(width, height, mode, target_size)
     resized = Image.fromarray(rgb).resize((new_w, new_h), Image.Resampling.BICUBIC)
@@ -504,7 +508,7 @@ def preprocess_image(
     return image, transform
 
 
-def _pad_to_common_shape(
+def pad_to_common_shape(
     images: list[torch.Tensor], transforms: list[ImageTransform]
 ) -> tuple[list[torch.Tensor], list[ImageTransform]]:
     """Pad differently shaped images with white, centred, to the largest H and W."""
@@ -588,14 +592,14 @@ def load_images(
         InputError: bad options, a missing or empty folder, an unreadable input in strict mode, or
             no readable image left.
     """
-    _check_options(mode, target_size)
+    check_preprocess_options(mode, target_size)
     items, description = _resolve_inputs(paths_or_folder)
     images: list[torch.Tensor] = []
     transforms: list[ImageTransform] = []
     skipped: list[SkippedImage] = []
     for index, item in enumerate(items):
         try:
-            rgb, source, path = _read_any(item, index)
+            rgb, source, path = read_image_source(item, index)
         except InputError as exc:
             if strict:
                 raise
@@ -610,7 +614,7 @@ def load_images(
     if not images:
         first = f"; first error: {skipped[0].reason}" if skipped else ""
         raise InputError(f"no readable images in {description}{first}")
-    images, transforms = _pad_to_common_shape(images, transforms)
+    images, transforms = pad_to_common_shape(images, transforms)
     return PreprocessedImages(
         images=torch.stack(images),
         transforms=transforms,
