@@ -45,7 +45,12 @@ from pacegeo.pruning.budget import (
 from pacegeo.pruning.merge import TokenReduction, gather_tokens, reduce_tokens, straight_through_mask, topk_mask
 from pacegeo.pruning.restore import FeatureGuidedRestoration, RestorationConfig
 from pacegeo.pruning.scorer import ScorerConfig, TokenScorer
-from pacegeo.pruning.training_free import coverage_prior, distinctiveness_scores, grid_scores, random_scores
+from pacegeo.pruning.training_free import (
+    distinctiveness_scores,
+    grid_scores,
+    random_scores,
+    standardize_with_coverage,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -223,8 +228,7 @@ class PaceVGGT(nn.Module):
             with no_autocast(feats.device):
                 logits = self.scorer(feats.float(), grid_hw).float()
             if self.learned_coverage:
-                z = (logits - logits.mean(-1, keepdim=True)) / (logits.std(-1, keepdim=True, unbiased=False) + 1e-6)
-                logits = z + self.learned_coverage * coverage_prior(*grid_hw, device=feats.device)
+                logits = standardize_with_coverage(logits, grid_hw, self.learned_coverage)
             return logits
         if self.mode == "training-free":
             return distinctiveness_scores(feats, grid_hw, coverage=self.coverage)

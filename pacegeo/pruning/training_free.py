@@ -74,8 +74,15 @@ def distinctiveness_scores(
     by their distinctiveness; among similar ones the prior spreads the kept set over the image, so it
     does not cluster on one textured region. ``coverage=0`` gives pure distinctiveness.
     """
-    d = distinctiveness(feats)
-    z = (d - d.mean(dim=-1, keepdim=True)) / (d.std(dim=-1, keepdim=True, unbiased=False) + eps)
+    return standardize_with_coverage(distinctiveness(feats), grid_hw, coverage, eps)
+
+
+def standardize_with_coverage(
+    scores: torch.Tensor, grid_hw: tuple[int, int], coverage: float, eps: float = 1e-6
+) -> torch.Tensor:
+    """``[B, S, N]`` scores standardised per frame (mean 0, std 1) plus ``coverage`` times the
+    ordered-dither prior of :func:`coverage_prior`; ``coverage=0`` gives the standardised scores."""
+    z = (scores - scores.mean(dim=-1, keepdim=True)) / (scores.std(dim=-1, keepdim=True, unbiased=False) + eps)
     if coverage:
-        z = z + coverage * coverage_prior(*grid_hw, device=feats.device)
+        z = z + coverage * coverage_prior(*grid_hw, device=scores.device)
     return z
