@@ -83,15 +83,17 @@ def clip_metrics(out: dict, clip: dict[str, torch.Tensor], max_points: int = 200
     }
 
 
-def build_runner(backbone, spec: str):
-    """``spec``: ``none``, ``training-free``, ``random``, ``grid``, or ``NAME=PATH`` of a pruner."""
+def build_runner(backbone, spec: str, learned_coverage: float | None = None):
+    """``spec``: ``none``, ``training-free``, ``random``, ``grid``, or ``NAME=PATH`` of a pruner
+    (loaded with ``learned_coverage`` when given, else with the value saved in the file)."""
     if spec == "none":
         return "none", lambda images, keep: backbone(images)
     from pacegeo.pace import PaceVGGT, load_pruner
 
     if "=" in spec:
         name, path = spec.split("=", 1)
-        pace = load_pruner(path, backbone)
+        extra = {} if learned_coverage is None else {"learned_coverage": learned_coverage}
+        pace = load_pruner(path, backbone, **extra)
     else:
         name, pace = spec, PaceVGGT(backbone, mode=spec)
     pace.eval()
@@ -111,6 +113,8 @@ def main(argv=None) -> int:
     p.add_argument("--json", type=Path, required=True)
     p.add_argument("--md", type=Path, default=None)
     p.add_argument("--plot", type=Path, default=None)
+    p.add_argument("--learned-coverage", type=float, default=None,
+                   help="override the coverage prior of the NAME=PATH pruners (default: each file's own)")
     p.add_argument("--append", action="store_true",
                    help="add to the records already in --json (replacing those with the same frames, pruner and keep)")
     args = p.parse_args(argv)
@@ -123,7 +127,7 @@ def main(argv=None) -> int:
             meta = read_metadata(resolve_weights(args.model))
             width = int(json.loads(meta.get("preprocess", '{"target_size": 154}'))["target_size"])
             height = int(round(width * 0.75 / 14)) * 14
-        runners = [build_runner(model, spec) for spec in args.pruners]
+        runners = [build_runner(model, spec, args.learned_coverage) for spec in args.pruners]
     except PacegeoError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
