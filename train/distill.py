@@ -101,20 +101,30 @@ def setup_training(args, **init_kwargs):
     return accelerator, backbone, pace, (height, width)
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def training_parser(description: str, *, out: str, minutes: float, batch: int, lr: float,
+                    images_help: str, init_help: str) -> argparse.ArgumentParser:
+    """The options every pruner-training stage shares (those :func:`setup_training` reads, the
+    data, the budget and the optimiser's learning rate); a stage adds its own."""
+    p = argparse.ArgumentParser(description=description)
     p.add_argument("--model", default="pacegeo-tiny")
-    p.add_argument("--images", default=None, help="folder of images to train on (default: SynthRooms clips)")
-    p.add_argument("--init", default=None, help="pruner checkpoint to continue from")
-    p.add_argument("--out", type=Path, default=Path("runs/pruner-distill"))
-    p.add_argument("--minutes", type=float, default=20.0)
+    p.add_argument("--images", default=None, help=images_help)
+    p.add_argument("--init", default=None, help=init_help)
+    p.add_argument("--out", type=Path, default=Path(out))
+    p.add_argument("--minutes", type=float, default=minutes)
     p.add_argument("--max-steps", type=int, default=None)
     p.add_argument("--size", default=None, help="HxW (default: the model's training size)")
     p.add_argument("--frames", type=int, default=4)
-    p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--batch", type=int, default=batch)
+    p.add_argument("--lr", type=float, default=lr)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
+    return p
+
+
+def parse_args(argv=None):
+    p = training_parser(__doc__.split("\n\n")[0], out="runs/pruner-distill", minutes=20.0, batch=4, lr=1e-3,
+                        images_help="folder of images to train on (default: SynthRooms clips)",
+                        init_help="pruner checkpoint to continue from")
     return p.parse_args(argv)
 
 

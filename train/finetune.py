@@ -15,7 +15,6 @@ works too (``--images``).
         --init runs/vggt1b-distill/pruner.safetensors --minutes 240 --out runs/vggt1b-finetune
 """
 
-import argparse
 import csv
 import sys
 import time
@@ -31,7 +30,7 @@ from pacegeo.losses import vggt_loss
 from pacegeo.pace import save_pruner
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from distill import setup_training, training_batches  # noqa: E402
+from distill import setup_training, training_batches, training_parser  # noqa: E402
 
 
 def teacher_loss(student: dict, teacher: dict) -> torch.Tensor:
@@ -45,25 +44,15 @@ def teacher_loss(student: dict, teacher: dict) -> torch.Tensor:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="pacegeo-tiny")
-    p.add_argument("--images", default=None, help="folder of images (teacher loss only); default SynthRooms with GT")
-    p.add_argument("--init", default=None, help="pruner checkpoint (stage 1 output, or a stage-2 one to resume)")
-    p.add_argument("--out", type=Path, default=Path("runs/pruner-finetune"))
-    p.add_argument("--minutes", type=float, default=30.0)
-    p.add_argument("--max-steps", type=int, default=None)
-    p.add_argument("--size", default=None)
-    p.add_argument("--frames", type=int, default=4)
-    p.add_argument("--batch", type=int, default=2)
+    p = training_parser(__doc__.split("\n\n")[0], out="runs/pruner-finetune", minutes=30.0, batch=2, lr=3e-4,
+                        images_help="folder of images (teacher loss only); default SynthRooms with GT",
+                        init_help="pruner checkpoint (stage 1 output, or a stage-2 one to resume)")
     p.add_argument("--keep-range", type=float, nargs=2, default=(0.15, 0.8))
-    p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--coverage", type=float, default=None,
                    help="learned_coverage of the pruner: weight of the spatial-coverage prior added to the standardised "
                         "scores (default: the --init checkpoint's)")
     p.add_argument("--weight-gt", type=float, default=1.0)
     p.add_argument("--weight-teacher", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None)
     return p.parse_args(argv)
 
 
