@@ -438,6 +438,18 @@ def _cmd_localize(args: argparse.Namespace) -> int:
     return 0
 
 
+MODEL_HELP = "auto (VGGT-1B if cached, else the bundled pacegeo-tiny), vggt-1b, pacegeo-tiny, or a checkpoint path"
+PRUNER_HELP = "auto (trained pruner if bundled, else training-free), training-free, random, grid, none, or a pruner checkpoint"
+DEVICE_HELP = "auto (CUDA if available), cpu, cuda or cuda:N"
+
+
+def _add_frame_selection(p: argparse.ArgumentParser) -> None:
+    """``--frames N`` / ``--stride K``, mutually exclusive."""
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--frames", type=int, metavar="N", help="use N frames spread evenly over the input")
+    group.add_argument("--stride", type=int, metavar="K", help="use every K-th frame")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pacegeo",
@@ -473,14 +485,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, metavar="OUT.ply", help="point cloud to write (binary PLY with RGB)")
     p.add_argument("--keep", type=float, default=None, metavar="K",
                    help="fraction of patch tokens each frame keeps, in (0, 1]; 1 = unpruned (default 0.3, or 1 with --pruner none)")
-    p.add_argument("--model", default="auto",
-                   help="auto (VGGT-1B if cached, else the bundled pacegeo-tiny), vggt-1b, pacegeo-tiny, or a checkpoint path")
-    p.add_argument("--pruner", default="auto",
-                   help="auto (trained pruner if bundled, else training-free), training-free, random, grid, none, or a pruner checkpoint")
-    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
-    group = p.add_mutually_exclusive_group()
-    group.add_argument("--frames", type=int, metavar="N", help="use N frames spread evenly over the input")
-    group.add_argument("--stride", type=int, metavar="K", help="use every K-th frame")
+    p.add_argument("--model", default="auto", help=MODEL_HELP)
+    p.add_argument("--pruner", default="auto", help=PRUNER_HELP)
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    _add_frame_selection(p)
     p.add_argument("--fps", type=float, metavar="F", help="video: frames sampled per second of video (default 2)")
     p.add_argument("--mode", choices=("crop", "pad"), default=None,
                    help="preprocessing: crop (width to the model size, centre-crop tall images) or pad (whole image, white borders)")
@@ -514,10 +522,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("input", help="folder of images (in sequence order), or a video file")
     p.add_argument("-o", "--output", required=True, metavar="MAP.pgmap", help="map file to write")
-    p.add_argument("--model", default="auto",
-                   help="auto (VGGT-1B if cached, else the bundled pacegeo-tiny), vggt-1b, pacegeo-tiny, or a checkpoint path")
-    p.add_argument("--pruner", default="auto",
-                   help="auto (trained pruner if bundled, else training-free), training-free, random, grid, none, or a pruner checkpoint")
+    p.add_argument("--model", default="auto", help=MODEL_HELP)
+    p.add_argument("--pruner", default="auto", help=PRUNER_HELP)
     p.add_argument("--keep", type=float, default=0.5, metavar="K",
                    help="fraction of patch tokens each frame keeps, in (0, 1] (default 0.5)")
     p.add_argument("--chunk", type=int, default=None, metavar="N",
@@ -526,10 +532,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="frames shared by consecutive chunks (default max(3, chunk/4))")
     p.add_argument("--vpr", default="auto",
                    help="descriptor head: auto (the bundled VPR head if it fits the model, else gem), gem, or a VPR checkpoint")
-    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
-    group = p.add_mutually_exclusive_group()
-    group.add_argument("--frames", type=int, metavar="N", help="use N frames spread evenly over the input")
-    group.add_argument("--stride", type=int, metavar="K", help="use every K-th frame")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    _add_frame_selection(p)
     p.add_argument("--target-size", type=int, default=None, metavar="PX",
                    help="inference width, a multiple of 14 (default: the model's)")
     p.add_argument("--overwrite", action="store_true", help="replace the map file if it exists")
@@ -555,9 +559,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fraction of patch tokens each frame keeps, in (0, 1] (default 0.5)")
     p.add_argument("--json", default=None, metavar="OUT.json", help="also write the results as JSON")
     p.add_argument("--model", default=None, help="backbone to use (default: the one the map was built with)")
-    p.add_argument("--pruner", default="auto",
-                   help="auto (trained pruner if bundled, else training-free), training-free, random, grid, none, or a pruner checkpoint")
-    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
+    p.add_argument("--pruner", default="auto", help=PRUNER_HELP)
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--overwrite", action="store_true", help="replace the JSON report if it exists")
     p.add_argument("--seed", type=int, default=0, help="seed of any randomness (random pruning)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars, notes or printed results")
