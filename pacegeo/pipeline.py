@@ -522,13 +522,7 @@ def estimate_peak_memory(
     c = agg.embed_dim
     tokens_kept = s * (special + kept)
     tokens_full = s * (special + n)
-    layers = set()
-    if config.camera_head is not None:
-        layers.add(agg.depth - 1)
-    for head in (config.depth_head, config.point_head):
-        if head is not None:
-            layers.update(head.intermediate_layer_idx)
-    n_layers = len(layers)
+    n_layers = len(config.head_layers())
 
     images = s * 3 * height * width * 4
     dino = agg.resolved_dino()

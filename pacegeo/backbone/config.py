@@ -149,6 +149,16 @@ class VGGTConfig:
     def embed_dim(self) -> int:
         return self.aggregator.embed_dim
 
+    def head_layers(self) -> set[int]:
+        """Aggregator output entries that some head reads (the camera head reads the last)."""
+        layers = set()
+        if self.camera_head is not None:
+            layers.add(self.aggregator.depth - 1)
+        for head in (self.depth_head, self.point_head):
+            if head is not None:
+                layers.update(head.intermediate_layer_idx)
+        return layers
+
 
 # ---------------------------------------------------------------------------------------------
 # Presets

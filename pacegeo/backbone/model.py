@@ -41,13 +41,7 @@ class VGGT(nn.Module):
 
     def head_layers(self) -> set[int]:
         """Aggregator output entries that some head reads."""
-        layers = set()
-        if self.camera_head is not None:
-            layers.add(self.config.aggregator.depth - 1)
-        for head in (self.depth_head, self.point_head):
-            if head is not None:
-                layers.update(head.config.intermediate_layer_idx)
-        return layers
+        return self.config.head_layers()
 
     def predict(
         self, tokens_list: list[torch.Tensor | None], image_hw: tuple[int, int], patch_start_idx: int

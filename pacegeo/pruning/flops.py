@@ -146,13 +146,7 @@ def forward_flops(
     slots = max(counts)
     pruned = min(counts) < n
     if restored_layers is None:
-        taps = set()
-        if config.camera_head is not None:
-            taps.add(agg.depth - 1)
-        for head in (config.depth_head, config.point_head):
-            if head is not None:
-                taps.update(head.intermediate_layer_idx)
-        restored_layers = len(taps)
+        restored_layers = len(config.head_layers())
     out = {
         "embed": embed_flops(config, images, grid_hw),
         "scorer": 0,
