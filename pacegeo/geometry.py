@@ -18,7 +18,6 @@ All torch functions accept arbitrary leading batch dimensions.
 from __future__ import annotations
 
 import logging
-from typing import Literal
 
 import numpy as np
 import torch
