@@ -28,33 +28,36 @@ from pacegeo.errors import InputError
 _CEIL_SLACK = 1e-9
 
 
+def _finite_real(value, name: str, expected: str) -> float | None:
+    """``value`` as a float, None when it is NaN or infinite; :class:`InputError` (``"{name} must
+    be {expected}"``) when it is not a real number (booleans included)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise InputError(f"{name} must be {expected}, got {value!r}")
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
 def validate_keep(keep: float) -> float:
     """``keep`` as a float in ``(0, 1]``; anything else (0, negative, > 1, NaN, non-numbers)
     raises :class:`InputError`."""
-    if isinstance(keep, bool) or not isinstance(keep, numbers.Real):
-        raise InputError(f"keep must be a number in (0, 1], got {keep!r}")
-    value = float(keep)
-    if not math.isfinite(value) or not 0.0 < value <= 1.0:
+    value = _finite_real(keep, "keep", "a number in (0, 1]")
+    if value is None or not 0.0 < value <= 1.0:
         raise InputError(f"keep must be in (0, 1] (fraction of patch tokens each frame keeps), got {keep!r}")
     return value
 
 
 def validate_merge_ratio(merge_ratio: float) -> float:
     """``merge_ratio`` as a float in ``[0, 1]`` or :class:`InputError`."""
-    if isinstance(merge_ratio, bool) or not isinstance(merge_ratio, numbers.Real):
-        raise InputError(f"merge_ratio must be a number in [0, 1], got {merge_ratio!r}")
-    value = float(merge_ratio)
-    if not math.isfinite(value) or not 0.0 <= value <= 1.0:
+    value = _finite_real(merge_ratio, "merge_ratio", "a number in [0, 1]")
+    if value is None or not 0.0 <= value <= 1.0:
         raise InputError(f"merge_ratio must be in [0, 1] (fraction of pruned tokens merged, not dropped), got {merge_ratio!r}")
     return value
 
 
 def validate_ref_boost(ref_boost: float) -> float:
     """``ref_boost`` as a float ``>= 1`` or :class:`InputError`."""
-    if isinstance(ref_boost, bool) or not isinstance(ref_boost, numbers.Real):
-        raise InputError(f"ref_boost must be a number >= 1, got {ref_boost!r}")
-    value = float(ref_boost)
-    if not math.isfinite(value) or value < 1.0:
+    value = _finite_real(ref_boost, "ref_boost", "a number >= 1")
+    if value is None or value < 1.0:
         raise InputError(f"ref_boost must be >= 1 (reference-frame keep multiplier), got {ref_boost!r}")
     return value
 
