@@ -146,6 +146,7 @@ def main(argv=None) -> int:
                         times.append(time.perf_counter() - start)
                         per_clip.append(clip_metrics(out, clip))
                 rec = {k: float(np.mean([m[k] for m in per_clip])) for k in per_clip[0]}
+                rec["per_scene"] = {k: [round(m[k], 6) for m in per_clip] for k, _ in CHECK_METRICS}
                 rec.update(model=args.model, pruner=name, keep=keep, frames=frames, scenes=len(clips),
                            height=height, width=width, median_s=float(np.median(times)))
                 records.append(rec)
@@ -180,13 +181,27 @@ def write_markdown(records: list[dict], path: Path) -> None:
 CHECK_METRICS = (("abs_rel", False), ("auc30", True), ("rra15", True))  # (metric, higher is better)
 
 
+def paired_gain_ci(mine: list[float], other: list[float], higher: bool, n_boot: int = 4000,
+                   seed: int = 0) -> tuple[float, float, float]:
+    """Mean per-scene gain of ``mine`` over ``other`` (positive = ``mine`` better) and its 95%
+    bootstrap interval, resampling scenes (both lists hold the same scenes in the same order)."""
+    diff = np.asarray(mine, dtype=np.float64) - np.asarray(other, dtype=np.float64)
+    if not higher:
+        diff = -diff
+    rng = np.random.default_rng(seed)
+    means = diff[rng.integers(0, len(diff), size=(n_boot, len(diff)))].mean(axis=1)
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return float(diff.mean()), float(lo), float(hi)
+
+
 def checks_table(records: list[dict], learned: str = "learned", ablation: str = "stage1") -> list[str]:
     """Markdown rows comparing ``learned`` with the other pruners and with the unpruned model.
 
     For each clip length and keep: the learned value of each metric, the best of the other pruners
     (``ablation``, the stage-1-only scorer, is reported in its own column instead), whether learned
-    beats it, and the relative change against the unpruned backbone (positive = worse). Empty when
-    the records hold no ``learned`` pruner.
+    beats it, the 95% interval of that gain over scenes (paired bootstrap; ``-`` for records
+    without per-scene values) and the relative change against the unpruned backbone (positive =
+    worse). Empty when the records hold no ``learned`` pruner.
     """
     out = []
     for frames in sorted({r["frames"] for r in records}):
@@ -199,8 +214,9 @@ def checks_table(records: list[dict], learned: str = "learned", ablation: str = 
             if not out:
                 out = ["", "Learned pruner against the best other pruner at the same keep, and change against unpruned"
                        " (positive = worse):", "",
-                       f"| frames | keep | metric | learned | best other | learned better | {ablation} | vs unpruned |",
-                       "|---|---|---|---|---|---|---|---|"]
+                       f"| frames | keep | metric | learned | best other | learned better | gain, 95% interval"
+                       f" | {ablation} | vs unpruned |",
+                       "|---|---|---|---|---|---|---|---|---|"]
             for key, higher in CHECK_METRICS:
                 others = {n: r[key] for n, r in at.items() if n not in (learned, ablation)}
                 abl = f"{at[ablation][key]:.4g}" if ablation in at else "-"
@@ -209,13 +225,18 @@ def checks_table(records: list[dict], learned: str = "learned", ablation: str = 
                     best_name = (max if higher else min)(others, key=others.get)
                     best = f"{others[best_name]:.4g} ({best_name})"
                     wins = "yes" if (mine > others[best_name] if higher else mine < others[best_name]) else "no"
+                    ci = "-"
+                    scenes = (at[learned].get("per_scene", {}).get(key), at[best_name].get("per_scene", {}).get(key))
+                    if all(scenes):
+                        gain, lo, hi = paired_gain_ci(*scenes, higher=higher)
+                        ci = f"{gain:+.3g} [{lo:+.3g}, {hi:+.3g}]"
                 else:
-                    best, wins = "-", "-"
+                    best, wins, ci = "-", "-", "-"
                 change = "-"
                 if base is not None and base[key]:
                     rel = (mine - base[key]) / abs(base[key])
                     change = f"{(-rel if higher else rel) * 100:+.1f}%"
-                out.append(f"| {frames} | {keep:g} | {key} | {mine:.4g} | {best} | {wins} | {abl} | {change} |")
+                out.append(f"| {frames} | {keep:g} | {key} | {mine:.4g} | {best} | {wins} | {ci} | {abl} | {change} |")
     return out
 
 

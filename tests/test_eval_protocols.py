@@ -340,3 +340,41 @@ def test_sevenscenes_script_errors_are_one_line(tmp_path, capsys):
     assert sevenscenes.main(["--root", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: 7-Scenes root not found") and "\n" not in err
+
+
+# ---------------------------------------------------------------------------------------------
+# eval/synthrooms.py: the learned-vs-others checks
+# ---------------------------------------------------------------------------------------------
+
+
+def test_paired_gain_interval_separates_a_consistent_gain_from_noise():
+    synthrooms = _load("synthrooms")
+    rng = np.random.default_rng(3)
+    other = rng.uniform(0.1, 0.2, size=20)
+    gain, lo, hi = synthrooms.paired_gain_ci(other - 0.01, other, higher=False)  # lower is better: 0.01 better
+    assert gain == pytest.approx(0.01) and lo == pytest.approx(0.01) and hi == pytest.approx(0.01)
+    noisy = other + rng.normal(0.0, 0.05, size=20)
+    gain, lo, hi = synthrooms.paired_gain_ci(noisy, other, higher=True)
+    assert lo < gain < hi and lo < 0 < hi
+
+
+def test_checks_table_names_the_best_other_pruner_and_its_interval():
+    synthrooms = _load("synthrooms")
+
+    def rec(pruner, keep, auc, scenes=None):
+        r = {"frames": 8, "pruner": pruner, "keep": keep, "abs_rel": 0.2, "auc30": auc, "rra15": 0.5}
+        if scenes is not None:
+            r["per_scene"] = {"abs_rel": [0.2] * 4, "auc30": scenes, "rra15": [0.5] * 4}
+        return r
+
+    records = [rec("none", 1.0, 0.30), rec("grid", 0.5, 0.25, [0.2, 0.3, 0.2, 0.3]),
+               rec("random", 0.5, 0.20, [0.2] * 4), rec("learned", 0.5, 0.27, [0.22, 0.32, 0.22, 0.32])]
+    rows = [r for r in synthrooms.checks_table(records) if r.startswith("| 8 | 0.5 | auc30")]
+    assert len(rows) == 1
+    cells = [c.strip() for c in rows[0].strip("|").split("|")]
+    assert cells[4] == "0.25 (grid)" and cells[5] == "yes"
+    assert cells[6] == "+0.02 [+0.02, +0.02]"
+    assert cells[8] == "+10.0%"  # 0.27 against 0.30 unpruned, higher is better
+    records[1].pop("per_scene")
+    rows = [r for r in synthrooms.checks_table(records) if r.startswith("| 8 | 0.5 | auc30")]
+    assert [c.strip() for c in rows[0].strip("|").split("|")][6] == "-"

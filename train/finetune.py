@@ -33,14 +33,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from distill import setup_training, training_batches, training_parser  # noqa: E402
 
 
-def teacher_loss(student: dict, teacher: dict) -> torch.Tensor:
-    """Distance of the pruned model's outputs to the unpruned backbone's (scale-free for depth)."""
-    loss = F.smooth_l1_loss(student["pose_enc"], teacher["pose_enc"], beta=0.05)
+def teacher_loss(student: dict, teacher: dict, weight_camera: float = 1.0) -> tuple[torch.Tensor, dict]:
+    """Distance of the pruned model's outputs to the unpruned backbone's (scale-free for depth).
+
+    Returns the loss and its parts (``camera``, ``depth``, ``points``, unweighted). The camera part
+    is a smooth L1 on the pose encodings; it is about ten times smaller than the other two at equal
+    relative error, hence ``weight_camera``.
+    """
+    parts = {"camera": F.smooth_l1_loss(student["pose_enc"], teacher["pose_enc"], beta=0.05)}
     log_ratio = torch.log(student["depth"].clamp(min=1e-6)) - torch.log(teacher["depth"].clamp(min=1e-6))
-    loss = loss + log_ratio.abs().mean()
+    parts["depth"] = log_ratio.abs().mean()
     if "world_points" in student:
-        loss = loss + (student["world_points"] - teacher["world_points"]).norm(dim=-1).mean()
-    return loss
+        parts["points"] = (student["world_points"] - teacher["world_points"]).norm(dim=-1).mean()
+    loss = weight_camera * parts["camera"] + sum(v for k, v in parts.items() if k != "camera")
+    return loss, {k: float(v.detach()) for k, v in parts.items()}
 
 
 def parse_args(argv=None):
@@ -53,6 +59,8 @@ def parse_args(argv=None):
                         "scores (default: the --init checkpoint's)")
     p.add_argument("--weight-gt", type=float, default=1.0)
     p.add_argument("--weight-teacher", type=float, default=1.0)
+    p.add_argument("--weight-camera", type=float, default=1.0,
+                   help="extra weight of the camera part of the teacher loss")
     return p.parse_args(argv)
 
 
@@ -83,7 +91,8 @@ def main(argv=None) -> int:
             teacher = backbone(batch["images"])
         with accelerator.autocast():
             out = pace(batch["images"], keep=keep, soft=True)
-        loss = args.weight_teacher * teacher_loss(out, teacher)
+        t_loss, parts = teacher_loss(out, teacher, args.weight_camera)
+        loss = args.weight_teacher * t_loss
         logs = {}
         if use_gt:
             gt_loss, logs = vggt_loss(out, batch)
@@ -95,15 +104,18 @@ def main(argv=None) -> int:
         step += 1
         if accelerator.is_main_process:
             writer.writerow([step, round((time.time() - t0) / 60, 2), round(keep, 3), round(loss.item(), 5),
-                             round(logs.get("cam_rot_deg", float("nan")), 3), round(logs.get("depth_reg", float("nan")), 5)])
+                             round(logs.get("cam_rot_deg", float("nan")), 3), round(logs.get("depth_reg", float("nan")), 5),
+                             *(round(parts.get(k, float("nan")), 5) for k in ("camera", "depth", "points"))])
             log.flush()
             if step % 25 == 0:
-                accelerator.print(f"step {step} | keep {keep:.2f} | loss {loss.item():.4f}")
+                accelerator.print(f"step {step} | keep {keep:.2f} | loss {loss.item():.4f} | teacher camera "
+                                  f"{parts['camera']:.4f} depth {parts['depth']:.4f}")
     if accelerator.is_main_process:
         meta = dict(read_metadata(args.init)) if args.init else {}
         meta = {k: v for k, v in meta.items() if k in ("distill_steps",)}
         meta.update(finetune_steps=str(step), stage="distill+finetune" if args.init else "finetune",
-                    train_data=args.images or "synthrooms", keep_range=f"{args.keep_range[0]}-{args.keep_range[1]}")
+                    train_data=args.images or "synthrooms", keep_range=f"{args.keep_range[0]}-{args.keep_range[1]}",
+                    weight_camera=str(args.weight_camera))
         path = save_pruner(pace, args.out / "pruner.safetensors", extra=meta)
         accelerator.print(f"done: {step} fine-tuning steps; pruner in {path}")
     return 0
