@@ -52,8 +52,9 @@ def image_folder_batches(folder: str, frames: int, batch: int, target_size: int,
         yield {"images": torch.stack(clips)}
 
 
-def synth_batches(height: int, width: int, frames: int, batch: int, seed: int):
-    stream = SynthClipStream(StreamConfig(height=height, width=width, frames=(2, frames), max_gap=10), seed=seed)
+def synth_batches(height: int, width: int, frames: int, batch: int, seed: int, min_frames: int = 2):
+    """Endless batches of SynthRooms clips of ``min_frames``-``frames`` frames (one length per batch)."""
+    stream = SynthClipStream(StreamConfig(height=height, width=width, frames=(min_frames, frames), max_gap=10), seed=seed)
     while True:
         yield stream.batch(batch)
 
@@ -70,11 +71,12 @@ def model_size(model_name: str, size: str | None) -> tuple[int, int]:
     return int(round(width * 0.75 / 14)) * 14, width
 
 
-def training_batches(images: str | None, height: int, width: int, frames: int, batch: int, seed: int):
-    """Endless training batches: SynthRooms clips (with ground truth) when ``images`` is None, else
-    clips of that image folder."""
+def training_batches(images: str | None, height: int, width: int, frames: int, batch: int, seed: int,
+                     min_frames: int = 2):
+    """Endless training batches: SynthRooms clips (with ground truth, ``min_frames``-``frames``
+    frames) when ``images`` is None, else clips of ``frames`` images of that folder."""
     if images is None:
-        return synth_batches(height, width, frames, batch, seed)
+        return synth_batches(height, width, frames, batch, seed, min_frames)
     return image_folder_batches(images, frames, batch, width, seed)
 
 
@@ -88,6 +90,8 @@ def setup_training(args, **init_kwargs):
     Raises:
         PacegeoError: the model or the pruner cannot be loaded.
     """
+    if not 1 <= args.min_frames <= args.frames:
+        raise PacegeoError(f"--min-frames {args.min_frames} must be between 1 and --frames {args.frames}")
     if args.threads:
         torch.set_num_threads(args.threads)
     accelerator = Accelerator(mixed_precision="bf16" if torch.cuda.is_available() else "no")
@@ -113,7 +117,9 @@ def training_parser(description: str, *, out: str, minutes: float, batch: int, l
     p.add_argument("--minutes", type=float, default=minutes)
     p.add_argument("--max-steps", type=int, default=None)
     p.add_argument("--size", default=None, help="HxW (default: the model's training size)")
-    p.add_argument("--frames", type=int, default=4)
+    p.add_argument("--frames", type=int, default=4,
+                   help="frames per clip (SynthRooms: the longest clip; lengths are drawn from --min-frames to it)")
+    p.add_argument("--min-frames", type=int, default=2, help="shortest SynthRooms clip")
     p.add_argument("--batch", type=int, default=batch)
     p.add_argument("--lr", type=float, default=lr)
     p.add_argument("--seed", type=int, default=0)
@@ -139,7 +145,7 @@ def main(argv=None) -> int:
     optimizer = torch.optim.AdamW(scorer.parameters(), lr=args.lr, weight_decay=0.01)
     scorer, optimizer = accelerator.prepare(scorer, optimizer)
     seed = args.seed * 7919 + accelerator.process_index
-    batches = training_batches(args.images or None, height, width, args.frames, args.batch, seed)
+    batches = training_batches(args.images or None, height, width, args.frames, args.batch, seed, args.min_frames)
     args.out.mkdir(parents=True, exist_ok=True)
     log = open(args.out / "log.csv", "a", newline="")
     writer = csv.writer(log)

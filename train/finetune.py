@@ -77,7 +77,7 @@ def main(argv=None) -> int:
     optimizer = accelerator.prepare(optimizer)
     seed = args.seed * 7919 + 17 + accelerator.process_index
     use_gt = args.images is None
-    batches = training_batches(args.images, height, width, args.frames, args.batch, seed)
+    batches = training_batches(args.images, height, width, args.frames, args.batch, seed, args.min_frames)
     rng = np.random.default_rng(seed)
     args.out.mkdir(parents=True, exist_ok=True)
     log = open(args.out / "log.csv", "a", newline="")

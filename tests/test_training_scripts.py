@@ -1,0 +1,62 @@
+"""Pruner-training scripts (train/distill.py, train/finetune.py) end to end on a random tiny backbone."""
+
+import csv
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from pacegeo.hub import load_backbone, read_metadata, save_backbone
+
+TRAIN_DIR = Path(__file__).resolve().parents[1] / "train"
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _load(name: str):
+    module_name = f"pacegeo_train_{name}"
+    if module_name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(module_name, TRAIN_DIR / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[module_name]
+
+
+@pytest.fixture(scope="module")
+def backbone_file(tmp_path_factory):
+    from pacegeo.backbone import VGGT, tiny
+
+    torch.manual_seed(0)
+    return save_backbone(VGGT(tiny()).eval(), tmp_path_factory.mktemp("model") / "tiny.safetensors")
+
+
+def test_distill_then_finetune_write_a_pruner_that_records_its_history(backbone_file, tmp_path):
+    from pacegeo.pace import load_pruner
+
+    common = ["--model", str(backbone_file), "--size", "42x56", "--batch", "1", "--max-steps", "2", "--minutes", "5"]
+    assert _load("distill").main(common + ["--frames", "3", "--out", str(tmp_path / "d")]) == 0
+    stage1 = tmp_path / "d" / "pruner.safetensors"
+    assert read_metadata(stage1)["distill_steps"] == "2"
+
+    assert _load("finetune").main(common + ["--init", str(stage1), "--min-frames", "2", "--frames", "3",
+                                            "--weight-camera", "5", "--out", str(tmp_path / "f")]) == 0
+    stage2 = tmp_path / "f" / "pruner.safetensors"
+    meta = read_metadata(stage2)
+    assert (meta["distill_steps"], meta["finetune_steps"], meta["stage"], meta["weight_camera"]) == (
+        "2", "2", "distill+finetune", "5.0")
+    rows = list(csv.reader(open(tmp_path / "f" / "log.csv")))
+    assert len(rows) == 2 and all(len(r) == 9 for r in rows)
+    camera, depth = float(rows[0][6]), float(rows[0][7])
+    assert camera >= 0 and depth > 0
+    pace = load_pruner(stage2, load_backbone(str(backbone_file)))
+    assert pace.mode == "learned"
+
+
+@pytest.mark.parametrize("script", ["distill", "finetune"])
+def test_training_scripts_reject_a_clip_range_that_is_empty(script, backbone_file, tmp_path, capsys):
+    code = _load(script).main(["--model", str(backbone_file), "--frames", "3", "--min-frames", "5",
+                               "--out", str(tmp_path)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err == "error: --min-frames 5 must be between 1 and --frames 3"
