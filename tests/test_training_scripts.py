@@ -60,3 +60,27 @@ def test_training_scripts_reject_a_clip_range_that_is_empty(script, backbone_fil
                                "--out", str(tmp_path)])
     err = capsys.readouterr().err.strip()
     assert code == 2 and err == "error: --min-frames 5 must be between 1 and --frames 3"
+
+
+def test_one_command_trains_both_stages_and_leaves_the_final_pruner(backbone_file, tmp_path):
+    out = tmp_path / "run"
+    code = _load("pruner").main(["--model", str(backbone_file), "--size", "42x56", "--frames", "2",
+                                  "--max-steps", "1", "--out", str(out)])
+    assert code == 0
+    meta = read_metadata(out / "pruner.safetensors")
+    assert (meta["distill_steps"], meta["finetune_steps"], meta["learned_coverage"]) == ("1", "1", "4.0")
+    assert (out / "pruner.safetensors").read_bytes() == (out / "finetune" / "pruner.safetensors").read_bytes()
+
+
+@pytest.mark.parametrize("size,message", [("518", None), ("112x154", None),
+                                          ("100", "multiples of 14"), ("axb", "expected HxW or a width")])
+def test_training_size_is_hxw_or_a_width(size, message):
+    from pacegeo.errors import PacegeoError
+
+    model_size = _load("distill").model_size
+    if message is None:
+        h, w = model_size("unused", size)
+        assert w == int(size.split("x")[-1]) and h % 14 == 0 and (h == 112 if "x" in size else h == 392)
+    else:
+        with pytest.raises(PacegeoError, match=message):
+            model_size("unused", size)

@@ -60,10 +60,24 @@ def synth_batches(height: int, width: int, frames: int, batch: int, seed: int, m
 
 
 def model_size(model_name: str, size: str | None) -> tuple[int, int]:
-    """Training resolution: ``--size HxW`` or the checkpoint's own (3:4 aspect)."""
+    """Training resolution ``(H, W)``: ``--size HxW``, ``--size W`` (3:4 aspect) or the checkpoint's
+    own width (3:4 aspect). Image folders are loaded at width W, their height following the images.
+
+    Raises:
+        PacegeoError: ``size`` is not of either form, or not a multiple of the 14-pixel patch.
+    """
     if size:
-        h, w = (int(v) for v in size.lower().split("x"))
-        return h, w
+        try:
+            values = [int(v) for v in size.lower().split("x")]
+        except ValueError:
+            values = []
+        if len(values) not in (1, 2) or min(values) <= 0:
+            raise PacegeoError(f"--size {size!r}: expected HxW or a width, e.g. 112x154 or 518")
+        if len(values) == 1:
+            values = [int(round(values[0] * 0.75 / 14)) * 14, values[0]]
+        if any(v % 14 for v in values):
+            raise PacegeoError(f"--size {size!r}: height and width must be multiples of 14")
+        return values[0], values[1]
     import json
 
     meta = read_metadata(resolve_weights(model_name))
@@ -116,7 +130,7 @@ def training_parser(description: str, *, out: str, minutes: float, batch: int, l
     p.add_argument("--out", type=Path, default=Path(out))
     p.add_argument("--minutes", type=float, default=minutes)
     p.add_argument("--max-steps", type=int, default=None)
-    p.add_argument("--size", default=None, help="HxW (default: the model's training size)")
+    p.add_argument("--size", default=None, help="HxW, or a width W at 3:4 (default: the model's own width at 3:4)")
     p.add_argument("--frames", type=int, default=4,
                    help="frames per clip (SynthRooms: the longest clip; lengths are drawn from --min-frames to it)")
     p.add_argument("--min-frames", type=int, default=2, help="shortest SynthRooms clip")
@@ -175,6 +189,7 @@ def main(argv=None) -> int:
         path = save_pruner(pace, args.out / "pruner.safetensors",
                            extra={"distill_steps": str(step), "stage": "distill", "train_data": args.images or "synthrooms"})
         accelerator.print(f"done: {step} distillation steps; pruner in {path}")
+    accelerator.wait_for_everyone()
     return 0
 
 

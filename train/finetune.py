@@ -99,6 +99,10 @@ def main(argv=None) -> int:
             loss = loss + args.weight_gt * gt_loss
         optimizer.zero_grad(set_to_none=True)
         accelerator.backward(loss)
+        if accelerator.num_processes > 1:  # the pruner is not wrapped for data parallelism: average by hand
+            for param in pace.pruner_parameters():
+                if param.grad is not None:
+                    param.grad = accelerator.reduce(param.grad, reduction="mean")
         accelerator.clip_grad_norm_(pace.pruner_parameters(), 1.0)
         optimizer.step()
         step += 1
@@ -118,6 +122,7 @@ def main(argv=None) -> int:
                     weight_camera=str(args.weight_camera))
         path = save_pruner(pace, args.out / "pruner.safetensors", extra=meta)
         accelerator.print(f"done: {step} fine-tuning steps; pruner in {path}")
+    accelerator.wait_for_everyone()
     return 0
 
 
