@@ -11,7 +11,14 @@ with exact ground truth. Reported per pruner and keep:
 * point Chamfer (mean of accuracy and completeness) between points unprojected from predicted depth
   and cameras and the ground-truth points, after a Sim(3) fit on pixel correspondences, in units of
   the scene scale (ground truth is normalised so that the mean point distance is 1);
+* camera deviation from the unpruned model: median relative rotation / translation-direction angle
+  between the pruned and the unpruned model's cameras over frame pairs (what pruning changes,
+  without the backbone's own error; 0 for the unpruned model);
 * median forward latency.
+
+Per-scene values of the camera and depth metrics are kept in the JSON; the markdown compares the
+pruner named ``learned`` with the best other one at each keep, with a paired bootstrap interval
+over scenes.
 
     python eval/synthrooms.py --model pacegeo-tiny --pruners none --json out/tiny.json
     python eval/synthrooms.py --model pacegeo-tiny --pruners none training-free random grid \
@@ -49,10 +56,18 @@ def eval_clip(seed: int, frames: int, height: int, width: int, traj_frames: int 
     return normalize_clip(np.stack(rgbs), np.stack(depths), np.repeat(K[None], len(idx), 0), traj[idx])
 
 
-def clip_metrics(out: dict, clip: dict[str, torch.Tensor], max_points: int = 20000) -> dict[str, float]:
-    """Depth, camera and point metrics of one prediction against its ground-truth clip."""
+def predicted_cameras(out: dict, hw: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """World-to-camera extrinsics ``[S, 3, 4]`` and intrinsics ``[S, 3, 3]`` of a model output."""
+    return pose_encoding_to_extri_intri(out["pose_enc"][0].float().cpu(), hw)
+
+
+def clip_metrics(out: dict, clip: dict[str, torch.Tensor], max_points: int = 20000,
+                 reference_extrinsics: torch.Tensor | None = None) -> dict[str, float]:
+    """Depth, camera and point metrics of one prediction against its ground-truth clip; with
+    ``reference_extrinsics`` (the unpruned model's cameras) also how far the cameras moved from
+    them (``rot_dev_med``, ``trans_dev_med``: median relative-pose angles over frame pairs)."""
     hw = tuple(clip["images"].shape[-2:])
-    ext, intr = pose_encoding_to_extri_intri(out["pose_enc"][0].float().cpu(), hw)
+    ext, intr = predicted_cameras(out, hw)
     gt_ext = clip["extrinsics"]
     valid = clip["valid"].numpy()
     gt_depth = clip["depths"].numpy() * valid
@@ -67,7 +82,11 @@ def clip_metrics(out: dict, clip: dict[str, torch.Tensor], max_points: int = 200
     sel = rng.choice(len(gt_pts), size=min(max_points, len(gt_pts)), replace=False)
     s, R, t = umeyama(pred_pts[sel], gt_pts[sel], with_scale=True)
     aligned = s * pred_pts[sel] @ R.T + t
-    return {
+    deviation = {}
+    if reference_extrinsics is not None:
+        rot_dev, trans_dev = relative_pose_errors(ext, reference_extrinsics)
+        deviation = {"rot_dev_med": float(np.median(rot_dev)), "trans_dev_med": float(np.median(trans_dev))}
+    return deviation | {
         "abs_rel": d["abs_rel"],
         "delta_1_25": d["delta_1_25"],
         "abs_rel_constant": d0["abs_rel"],
@@ -134,25 +153,28 @@ def main(argv=None) -> int:
     records = []
     for frames in args.frames:
         clips = [eval_clip(args.seed + i, frames, height, width, args.traj_frames) for i in range(args.scenes)]
+        with torch.inference_mode():  # the unpruned cameras, which the pruned ones are compared with
+            reference = [predicted_cameras(model(c["images"][None]), tuple(c["images"].shape[-2:]))[0] for c in clips]
         for name, run in runners:
             keeps = [1.0] if name == "none" else args.keep
             for keep in keeps:
                 per_clip, times = [], []
                 with torch.inference_mode():
-                    for clip in clips:
+                    for clip, ref in zip(clips, reference):
                         images = clip["images"][None]
                         start = time.perf_counter()
                         out = run(images, keep)
                         times.append(time.perf_counter() - start)
-                        per_clip.append(clip_metrics(out, clip))
+                        per_clip.append(clip_metrics(out, clip, reference_extrinsics=ref))
                 rec = {k: float(np.mean([m[k] for m in per_clip])) for k in per_clip[0]}
-                rec["per_scene"] = {k: [round(m[k], 6) for m in per_clip] for k, _ in CHECK_METRICS}
+                rec["per_scene"] = {k: [round(m[k], 6) for m in per_clip] for k in SCENE_METRICS}
                 rec.update(model=args.model, pruner=name, keep=keep, frames=frames, scenes=len(clips),
                            height=height, width=width, median_s=float(np.median(times)))
                 records.append(rec)
                 print(f"S={frames:3d} {name:>14} keep={keep:.2f}  AbsRel {rec['abs_rel']:.3f} (const {rec['abs_rel_constant']:.3f})"
                       f"  rot {rec['rot_err_med']:.2f} deg (identity {rec['rot_err_identity_med']:.2f})"
                       f"  RRA15 {rec['rra15']:.3f}  AUC30 {rec['auc30']:.3f}  Chamfer {rec['chamfer']:.4f}"
+                      f"  rot. dev. {rec['rot_dev_med']:.2f} deg"
                       f"  {rec['median_s'] * 1000:.0f} ms", flush=True)
     if args.append and args.json.exists():
         new_keys = {(r["frames"], r["pruner"], r["keep"]) for r in records}
@@ -169,16 +191,18 @@ def main(argv=None) -> int:
 
 def write_markdown(records: list[dict], path: Path) -> None:
     cols = ["frames", "pruner", "keep", "abs_rel", "abs_rel_constant", "delta_1_25", "rot_err_med",
-            "rot_err_identity_med", "rra15", "rta15", "auc30", "chamfer", "median_s"]
+            "rot_err_identity_med", "rra15", "rta15", "auc30", "chamfer", "rot_dev_med", "trans_dev_med", "median_s"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in records:
-        lines.append("| " + " | ".join(f"{r[c]:.4g}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |")
+        cells = (r.get(c, "-") for c in cols)
+        lines.append("| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in cells) + " |")
     lines += checks_table(records)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
 
 
 CHECK_METRICS = (("abs_rel", False), ("auc30", True), ("rra15", True))  # (metric, higher is better)
+SCENE_METRICS = ("abs_rel", "auc30", "rra15", "rot_err_med", "rot_dev_med", "trans_dev_med")  # kept per scene
 
 
 def paired_gain_ci(mine: list[float], other: list[float], higher: bool, n_boot: int = 4000,

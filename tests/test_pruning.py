@@ -425,6 +425,26 @@ def test_untrained_restoration_equals_training_free_base():
     assert torch.equal(diff, ~red.kept_mask)
 
 
+def test_camera_correction_starts_neutral_and_moves_only_the_camera(tmp_path, conv_model):
+    images = torch.rand(1, 2, 3, 28, 42)
+    pace = _pace(conv_model, "learned")
+    with torch.no_grad():
+        before = pace(images, keep=0.5)
+        pace.restoration = pace.restoration.with_camera_correction()
+        assert pace.restoration.config.camera_correction
+        neutral = pace(images, keep=0.5)
+        for key in ("pose_enc", "depth", "world_points"):
+            assert torch.equal(before[key], neutral[key]), key
+        pace.restoration.camera.fc2.bias.fill_(0.5)
+        moved = pace(images, keep=0.5)
+    assert not torch.allclose(moved["pose_enc"], before["pose_enc"])
+    assert torch.equal(moved["depth"], before["depth"]) and torch.equal(moved["world_points"], before["world_points"])
+    # saved with the pruner and restored from it
+    loaded = load_pruner(save_pruner(pace, tmp_path / "pruner.safetensors"), conv_model)
+    with torch.no_grad():
+        assert torch.equal(loaded(images, keep=0.5)["pose_enc"], moved["pose_enc"])
+
+
 def test_reference_frame_boost_pads_and_masks(dino_model):
     images = torch.rand(1, 3, 3, 56, 70)
     pace = PaceVGGT(dino_model, mode="training-free", ref_boost=2.0)

@@ -59,6 +59,8 @@ def parse_args(argv=None):
                         "scores (default: the --init checkpoint's)")
     p.add_argument("--weight-gt", type=float, default=1.0)
     p.add_argument("--weight-teacher", type=float, default=1.0)
+    p.add_argument("--camera-correction", action="store_true",
+                   help="add the restoration's camera-token correction (kept once the pruner has it)")
     p.add_argument("--weight-camera", type=float, default=1.0,
                    help="extra weight of the camera part of the teacher loss")
     return p.parse_args(argv)
@@ -72,6 +74,8 @@ def main(argv=None) -> int:
     except PacegeoError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if args.camera_correction:
+        pace.restoration = pace.restoration.with_camera_correction()
     pace.train()
     optimizer = torch.optim.AdamW(pace.pruner_parameters(), lr=args.lr, weight_decay=0.01)
     optimizer = accelerator.prepare(optimizer)

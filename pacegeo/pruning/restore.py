@@ -15,6 +15,11 @@ module returns the dense ``[B, S, 1 + R + N, 2C]`` entry:
   - residual: ``MLP([LN(f_n), LN(base_n)])``, one small MLP per restored layer, whose output layer
     starts at zero, so an untrained module returns exactly the training-free base.
 
+With ``camera_correction``, the camera token of the last entry (the one the camera head reads)
+also gets a learned residual, ``MLP([LN(t), LN(mean of the frame's restored patch tokens), kept
+fraction])`` with a zero-initialised output layer: the special tokens attended over fewer patch
+tokens than the heads were trained with, and this shift is what moves the predicted cameras.
+
 Only the pruned positions are computed (``N - k`` per frame); the work shared by all layers
 (similarities, weights, indices) is done once per forward (:meth:`FeatureGuidedRestoration.plan`).
 """
@@ -42,6 +47,7 @@ class RestorationConfig:
     temperature: float = 0.1  # of the cosine-similarity softmax (smaller = closer to nearest-neighbour)
     spatial_sigma: float | None = 3.0  # spatial locality in patches; None: similarity only
     norm_eps: float = 1e-6
+    camera_correction: bool = False  # learned residual on the camera token the camera head reads
 
     @classmethod
     def for_backbone(cls, backbone: nn.Module, **overrides) -> "RestorationConfig":
@@ -71,6 +77,26 @@ class ResidualMLP(nn.Module):
         return self.fc2(self.act(self.fc1(x)))
 
 
+class CameraTokenCorrection(nn.Module):
+    """``[LN(token), LN(context), kept fraction] -> Linear -> GELU -> Linear`` added to the camera
+    token (output layer zero-initialised: an untrained module changes nothing)."""
+
+    def __init__(self, token_dim: int, hidden: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.token_norm = nn.LayerNorm(token_dim, eps=eps)
+        self.context_norm = nn.LayerNorm(token_dim, eps=eps)
+        self.fc1 = nn.Linear(2 * token_dim + 1, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, token_dim)
+        nn.init.zeros_(self.fc2.weight)
+        nn.init.zeros_(self.fc2.bias)
+
+    def forward(self, token: torch.Tensor, context: torch.Tensor, kept_fraction: torch.Tensor) -> torch.Tensor:
+        """token, context ``[B, S, 2C]``, kept_fraction ``[B, S]`` -> corrected token ``[B, S, 2C]``."""
+        x = torch.cat((self.token_norm(token), self.context_norm(context), kept_fraction[..., None].to(token.dtype)), dim=-1)
+        return token + self.fc2(self.act(self.fc1(x)))
+
+
 def grid_coordinates(grid_hw: tuple[int, int], device=None) -> torch.Tensor:
     """``[N, 2]`` float (y, x) of the row-major patch grid."""
     h, w = grid_hw
@@ -89,6 +115,19 @@ class FeatureGuidedRestoration(nn.Module):
         self.residuals = nn.ModuleDict(
             {str(i): ResidualMLP(config.feat_dim, config.token_dim, config.hidden, config.norm_eps) for i in config.layers}
         )
+        self.camera = (
+            CameraTokenCorrection(config.token_dim, config.hidden, config.norm_eps) if config.camera_correction else None
+        )
+
+    def with_camera_correction(self) -> "FeatureGuidedRestoration":
+        """A copy of this module with an (untrained, hence neutral) camera-token correction added."""
+        if self.camera is not None:
+            return self
+        module = FeatureGuidedRestoration(replace(self.config, camera_correction=True))
+        missing, unexpected = module.load_state_dict(self.state_dict(), strict=False)
+        if unexpected or not all(k.startswith("camera.") for k in missing):
+            raise RuntimeError(f"restoration weights do not carry over: missing {missing}, unexpected {unexpected}")
+        return module.to(next(self.parameters(), torch.empty(0)).device)
 
     def interpolation_weights(
         self,
@@ -197,7 +236,13 @@ class FeatureGuidedRestoration(nn.Module):
         missing = [i for i in present if str(i) not in self.residuals]
         if missing and self.residuals:
             logger.debug("restoring layers %s without a learned residual", missing)
-        return [
+        dense = [
             None if e is None else self.restore_layer(e, reduction, plan, patch_start_idx, i)
             for i, e in enumerate(entries)
         ]
+        if self.camera is not None and dense[-1] is not None:
+            last = dense[-1]
+            kept_fraction = reduction.kept_mask.float().mean(dim=-1)  # [B, S]
+            camera = self.camera(last[:, :, 0], last[:, :, patch_start_idx:].mean(dim=2), kept_fraction)
+            dense[-1] = torch.cat((camera[:, :, None].to(last.dtype), last[:, :, 1:]), dim=2)
+        return dense
