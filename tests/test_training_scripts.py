@@ -47,7 +47,7 @@ def test_distill_then_finetune_write_a_pruner_that_records_its_history(backbone_
     assert (meta["distill_steps"], meta["finetune_steps"], meta["stage"], meta["weight_camera"]) == (
         "2", "2", "distill+finetune", "5.0")
     rows = list(csv.reader(open(tmp_path / "f" / "log.csv")))
-    assert len(rows) == 2 and all(len(r) == 9 for r in rows)
+    assert len(rows) == 2 and all(len(r) == 10 for r in rows)
     camera, depth = float(rows[0][6]), float(rows[0][7])
     assert camera >= 0 and depth > 0
     pace = load_pruner(stage2, load_backbone(str(backbone_file)))
@@ -84,3 +84,30 @@ def test_training_size_is_hxw_or_a_width(size, message):
     else:
         with pytest.raises(PacegeoError, match=message):
             model_size("unused", size)
+
+
+def test_relative_pose_deviation_ignores_the_world_frame_and_scale_but_not_a_turned_camera():
+    from scipy.spatial.transform import Rotation
+
+    from pacegeo.geometry import extri_intri_to_pose_encoding
+
+    deviation = _load("finetune").relative_pose_deviation
+    rng = torch.Generator().manual_seed(0)
+    rot = torch.tensor(Rotation.random(4, random_state=1).as_matrix(), dtype=torch.float32)
+    ext = torch.cat((rot, torch.randn(4, 3, 1, generator=rng)), dim=-1)
+    intr = torch.tensor([[50.0, 0, 20], [0, 50.0, 15], [0, 0, 1]]).expand(4, 3, 3)
+    enc = extri_intri_to_pose_encoding(ext[None], intr[None], (30, 40))
+    assert float(deviation(enc, enc)) < 1e-3
+    # the same cameras in another world frame and at another scale: relative poses unchanged
+    world = torch.eye(4)
+    world[:3, :3] = torch.tensor(Rotation.from_euler("xyz", [10, 40, -20], degrees=True).as_matrix(), dtype=torch.float32)
+    world[:3, 3] = torch.tensor([1.0, -2.0, 0.5])
+    moved = ext @ world
+    moved[..., 3] *= 2.5
+    assert float(deviation(extri_intri_to_pose_encoding(moved[None], intr[None], (30, 40)), enc)) < 1e-3
+    # one camera turned by 10 degrees: about sqrt(2) * 0.175 rad per pair that involves it
+    turned = ext.clone()
+    turned[1, :, :3] = torch.tensor(Rotation.from_euler("y", 10, degrees=True).as_matrix(), dtype=torch.float32) @ ext[1, :, :3]
+    value = float(deviation(extri_intri_to_pose_encoding(turned[None], intr[None], (30, 40)), enc))
+    assert 0.1 < value
+    assert float(deviation(enc[:, :1], enc[:, :1])) == 0.0

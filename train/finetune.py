@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from pacegeo.errors import PacegeoError
+from pacegeo.geometry import pose_encoding_to_extri_intri
 from pacegeo.hub import read_metadata
 from pacegeo.losses import vggt_loss
 from pacegeo.pace import save_pruner
@@ -49,6 +50,33 @@ def teacher_loss(student: dict, teacher: dict, weight_camera: float = 1.0) -> tu
     return loss, {k: float(v.detach()) for k, v in parts.items()}
 
 
+def relative_pose_deviation(student_enc: torch.Tensor, teacher_enc: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """How far the student's relative poses are from the teacher's, over all frame pairs ``i < j``.
+
+    Pose encodings ``[B, S, 9]``. The sum of the mean chordal distance between relative rotations
+    (``|R_s - R_t|_F``, about ``sqrt(2)`` times the angle in radians when small) and the mean
+    distance between unit relative-translation directions (sign-folded, as the RTA metric): the
+    quantities RRA and RTA threshold, unlike the pose-encoding distance. 0 for one frame.
+    """
+    s = student_enc.shape[1]
+    if s < 2:
+        return student_enc.new_zeros(())
+    i, j = torch.triu_indices(s, s, offset=1, device=student_enc.device)
+
+    def relative(enc):
+        ext, _ = pose_encoding_to_extri_intri(enc.float(), (1, 1), build_intrinsics=False)
+        rot, trans = ext[..., :3], ext[..., 3]
+        rel_rot = rot[:, i] @ rot[:, j].transpose(-1, -2)  # camera j -> camera i
+        rel_trans = trans[:, i] - (rel_rot @ trans[:, j, :, None])[..., 0]
+        return rel_rot, rel_trans / (rel_trans.norm(dim=-1, keepdim=True) + 1e-6)
+
+    rot_s, dir_s = relative(student_enc)
+    rot_t, dir_t = relative(teacher_enc.detach())
+    rot_dist = ((rot_s - rot_t).square().sum(dim=(-1, -2)) + eps).sqrt()
+    dir_dist = torch.minimum((dir_s - dir_t).norm(dim=-1), (dir_s + dir_t).norm(dim=-1))
+    return rot_dist.mean() + dir_dist.mean()
+
+
 def parse_args(argv=None):
     p = training_parser(__doc__.split("\n\n")[0], out="runs/pruner-finetune", minutes=30.0, batch=2, lr=3e-4,
                         images_help="folder of images (teacher loss only); default SynthRooms with GT",
@@ -59,6 +87,8 @@ def parse_args(argv=None):
                         "scores (default: the --init checkpoint's)")
     p.add_argument("--weight-gt", type=float, default=1.0)
     p.add_argument("--weight-teacher", type=float, default=1.0)
+    p.add_argument("--weight-relative", type=float, default=0.0,
+                   help="weight of the relative-pose deviation from the teacher (rotations and translation directions)")
     p.add_argument("--camera-correction", action="store_true",
                    help="add the restoration's camera-token correction (kept once the pruner has it)")
     p.add_argument("--weight-camera", type=float, default=1.0,
@@ -96,6 +126,10 @@ def main(argv=None) -> int:
         with accelerator.autocast():
             out = pace(batch["images"], keep=keep, soft=True)
         t_loss, parts = teacher_loss(out, teacher, args.weight_camera)
+        if args.weight_relative:
+            relative = relative_pose_deviation(out["pose_enc"], teacher["pose_enc"])
+            t_loss = t_loss + args.weight_relative * relative
+            parts["relative"] = float(relative.detach())
         loss = args.weight_teacher * t_loss
         logs = {}
         if use_gt:
@@ -113,7 +147,7 @@ def main(argv=None) -> int:
         if accelerator.is_main_process:
             writer.writerow([step, round((time.time() - t0) / 60, 2), round(keep, 3), round(loss.item(), 5),
                              round(logs.get("cam_rot_deg", float("nan")), 3), round(logs.get("depth_reg", float("nan")), 5),
-                             *(round(parts.get(k, float("nan")), 5) for k in ("camera", "depth", "points"))])
+                             *(round(parts.get(k, float("nan")), 5) for k in ("camera", "depth", "points", "relative"))])
             log.flush()
             if step % 25 == 0:
                 accelerator.print(f"step {step} | keep {keep:.2f} | loss {loss.item():.4f} | teacher camera "
@@ -123,7 +157,7 @@ def main(argv=None) -> int:
         meta = {k: v for k, v in meta.items() if k in ("distill_steps",)}
         meta.update(finetune_steps=str(step), stage="distill+finetune" if args.init else "finetune",
                     train_data=args.images or "synthrooms", keep_range=f"{args.keep_range[0]}-{args.keep_range[1]}",
-                    weight_camera=str(args.weight_camera))
+                    weight_camera=str(args.weight_camera), weight_relative=str(args.weight_relative))
         path = save_pruner(pace, args.out / "pruner.safetensors", extra=meta)
         accelerator.print(f"done: {step} fine-tuning steps; pruner in {path}")
     accelerator.wait_for_everyone()
