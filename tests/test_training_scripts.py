@@ -1,6 +1,7 @@
 """Pruner-training scripts (train/distill.py, train/finetune.py) end to end on a random tiny backbone."""
 
 import csv
+import json
 import importlib.util
 import sys
 from pathlib import Path
@@ -69,6 +70,7 @@ def test_one_command_trains_both_stages_and_leaves_the_final_pruner(backbone_fil
     assert code == 0
     meta = read_metadata(out / "pruner.safetensors")
     assert (meta["distill_steps"], meta["finetune_steps"], meta["learned_coverage"]) == ("1", "1", "4.0")
+    assert json.loads(meta["restoration"])["camera_correction"] and meta["weight_relative"] == "0.5"
     assert (out / "pruner.safetensors").read_bytes() == (out / "finetune" / "pruner.safetensors").read_bytes()
 
 

@@ -35,6 +35,8 @@ def parse_args(argv=None):
     p.add_argument("--max-steps", type=int, default=None, help="cap on the steps of each stage")
     p.add_argument("--coverage", type=float, default=4.0, help="learned_coverage of the pruner (see finetune --coverage)")
     p.add_argument("--weight-camera", type=float, default=10.0, help="see finetune --weight-camera")
+    p.add_argument("--weight-relative", type=float, default=0.5, help="see finetune --weight-relative")
+    p.add_argument("--no-camera-correction", action="store_true", help="leave out the restoration's camera-token correction")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
     return p.parse_args(argv)
@@ -54,7 +56,8 @@ def main(argv=None) -> int:
     stage2 = args.out / "finetune"
     code = finetune.main(shared + ["--init", str(stage1 / "pruner.safetensors"), "--minutes", str(args.finetune_minutes),
                                    "--coverage", str(args.coverage), "--weight-camera", str(args.weight_camera),
-                                   "--out", str(stage2)])
+                                   "--weight-relative", str(args.weight_relative), "--out", str(stage2)]
+                           + ([] if args.no_camera_correction else ["--camera-correction"]))
     if code:
         return code
     final = args.out / "pruner.safetensors"
