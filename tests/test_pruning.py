@@ -439,6 +439,13 @@ def test_camera_correction_starts_neutral_and_moves_only_the_camera(tmp_path, co
         moved = pace(images, keep=0.5)
     assert not torch.allclose(moved["pose_enc"], before["pose_enc"])
     assert torch.equal(moved["depth"], before["depth"]) and torch.equal(moved["world_points"], before["world_points"])
+    # trainable through the camera loss
+    pace.train()
+    pace(images, keep=0.5, soft=True)["pose_enc"].sum().backward()
+    fc2 = pace.restoration.camera.fc2  # zero-initialised weight: the first steps start here
+    assert fc2.weight.grad.abs().sum() > 0 and fc2.bias.grad.abs().sum() > 0
+    pace.zero_grad(set_to_none=True)
+    pace.eval()
     # saved with the pruner and restored from it
     loaded = load_pruner(save_pruner(pace, tmp_path / "pruner.safetensors"), conv_model)
     with torch.no_grad():

@@ -241,8 +241,8 @@ class FeatureGuidedRestoration(nn.Module):
             for i, e in enumerate(entries)
         ]
         if self.camera is not None and dense[-1] is not None:
-            last = dense[-1]
+            last = dense[-1]  # a fresh tensor of restore_layer: the corrected token is written in place
             kept_fraction = reduction.kept_mask.float().mean(dim=-1)  # [B, S]
-            camera = self.camera(last[:, :, 0], last[:, :, patch_start_idx:].mean(dim=2), kept_fraction)
-            dense[-1] = torch.cat((camera[:, :, None].to(last.dtype), last[:, :, 1:]), dim=2)
+            camera = self.camera(last[:, :, 0].clone(), last[:, :, patch_start_idx:].mean(dim=2), kept_fraction)
+            last[:, :, 0] = camera.to(last.dtype)
         return dense
