@@ -1,5 +1,7 @@
-"""Helpers shared by the test modules: synthetic frames on disk."""
+"""Helpers shared by the test modules: synthetic frames on disk, scripts imported from their paths."""
 
+import importlib.util
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,3 +24,15 @@ def write_frames(folder: Path, count: int = 4, size_hw: tuple[int, int] = (56, 7
         Image.fromarray(rgb).save(path)
         paths.append(path)
     return paths
+
+
+def load_script(path: Path, prefix: str):
+    """The script at ``path`` (``eval/`` and ``train/`` are not packages) as module
+    ``<prefix>_<stem>``, imported once per session."""
+    module_name = f"{prefix}_{path.stem}"
+    if module_name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(module_name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[module_name]

@@ -3,7 +3,6 @@
 The scripts are not a package; they are imported from their paths.
 """
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -14,17 +13,13 @@ from scipy.spatial.transform import Rotation
 
 from pacegeo import metrics as M
 
+from helpers import load_script
+
 EVAL_DIR = Path(__file__).resolve().parents[1] / "eval"
 
 
 def _load(name: str):
-    module_name = f"pacegeo_eval_{name}"
-    if module_name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(module_name, EVAL_DIR / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[module_name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[module_name]
+    return load_script(EVAL_DIR / f"{name}.py", "pacegeo_eval")
 
 
 scannet = _load("scannet")

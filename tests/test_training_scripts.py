@@ -2,8 +2,6 @@
 
 import csv
 import json
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
@@ -11,18 +9,14 @@ import torch
 
 from pacegeo.hub import load_backbone, read_metadata, save_backbone
 
+from helpers import load_script
+
 TRAIN_DIR = Path(__file__).resolve().parents[1] / "train"
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _load(name: str):
-    module_name = f"pacegeo_train_{name}"
-    if module_name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(module_name, TRAIN_DIR / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[module_name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[module_name]
+    return load_script(TRAIN_DIR / f"{name}.py", "pacegeo_train")
 
 
 @pytest.fixture(scope="module")
