@@ -153,14 +153,23 @@ def main(argv=None) -> int:
     records = []
     for frames in args.frames:
         clips = [eval_clip(args.seed + i, frames, height, width, args.traj_frames) for i in range(args.scenes)]
-        with torch.inference_mode():  # the unpruned cameras, which the pruned ones are compared with
-            reference = [predicted_cameras(model(c["images"][None]), tuple(c["images"].shape[-2:]))[0] for c in clips]
+        # One unpruned pass gives the reference cameras the pruned ones are compared with, and the `none` row.
+        reference, unpruned_metrics, unpruned_times = [], [], []
+        with torch.inference_mode():
+            for clip in clips:
+                start = time.perf_counter()
+                out = model(clip["images"][None])
+                unpruned_times.append(time.perf_counter() - start)
+                reference.append(predicted_cameras(out, tuple(clip["images"].shape[-2:]))[0])
+                unpruned_metrics.append(clip_metrics(out, clip, reference_extrinsics=reference[-1]))
         for name, run in runners:
             keeps = [1.0] if name == "none" else args.keep
             for keep in keeps:
                 per_clip, times = [], []
+                if name == "none":
+                    per_clip, times = unpruned_metrics, unpruned_times
                 with torch.inference_mode():
-                    for clip, ref in zip(clips, reference):
+                    for clip, ref in zip(clips, reference if name != "none" else []):
                         images = clip["images"][None]
                         start = time.perf_counter()
                         out = run(images, keep)

@@ -8,7 +8,7 @@ and a dict of detached float components for logging.
 import torch
 import torch.nn.functional as F
 
-from pacegeo.geometry import extri_intri_to_pose_encoding, quaternion_to_matrix
+from pacegeo.geometry import extri_intri_to_pose_encoding, pose_encoding_to_extri_intri, quaternion_to_matrix
 
 
 def geodesic_angle(R_a: torch.Tensor, R_b: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -152,3 +152,49 @@ def vggt_loss(
         logs["loss_points"] = loss.item()
     logs["loss"] = total.item()
     return total, logs
+
+
+# Teacher terms: a pruned model against the unpruned backbone's own outputs (pruner stage 2).
+
+
+def teacher_loss(student: dict, teacher: dict, weight_camera: float = 1.0) -> tuple[torch.Tensor, dict]:
+    """Distance of the pruned model's outputs to the unpruned backbone's (scale-free for depth).
+
+    Returns the loss and its parts (``camera``, ``depth``, ``points``, unweighted). The camera part
+    is a smooth L1 on the pose encodings; it is about ten times smaller than the other two at equal
+    relative error, hence ``weight_camera``.
+    """
+    parts = {"camera": F.smooth_l1_loss(student["pose_enc"], teacher["pose_enc"], beta=0.05)}
+    log_ratio = torch.log(student["depth"].clamp(min=1e-6)) - torch.log(teacher["depth"].clamp(min=1e-6))
+    parts["depth"] = log_ratio.abs().mean()
+    if "world_points" in student:
+        parts["points"] = (student["world_points"] - teacher["world_points"]).norm(dim=-1).mean()
+    loss = weight_camera * parts["camera"] + sum(v for k, v in parts.items() if k != "camera")
+    return loss, {k: float(v.detach()) for k, v in parts.items()}
+
+
+def relative_pose_deviation(student_enc: torch.Tensor, teacher_enc: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """How far the student's relative poses are from the teacher's, over all frame pairs ``i < j``.
+
+    Pose encodings ``[B, S, 9]``. The sum of the mean chordal distance between relative rotations
+    (``|R_s - R_t|_F``, about ``sqrt(2)`` times the angle in radians when small) and the mean
+    distance between unit relative-translation directions (sign-folded, as the RTA metric): the
+    quantities RRA and RTA threshold, unlike the pose-encoding distance. 0 for one frame.
+    """
+    s = student_enc.shape[1]
+    if s < 2:
+        return student_enc.new_zeros(())
+    i, j = torch.triu_indices(s, s, offset=1, device=student_enc.device)
+
+    def relative(enc):
+        ext, _ = pose_encoding_to_extri_intri(enc.float(), (1, 1), build_intrinsics=False)
+        rot, trans = ext[..., :3], ext[..., 3]
+        rel_rot = rot[:, i] @ rot[:, j].transpose(-1, -2)  # camera j -> camera i
+        rel_trans = trans[:, i] - (rel_rot @ trans[:, j, :, None])[..., 0]
+        return rel_rot, rel_trans / (rel_trans.norm(dim=-1, keepdim=True) + 1e-6)
+
+    rot_s, dir_s = relative(student_enc)
+    rot_t, dir_t = relative(teacher_enc.detach())
+    rot_dist = ((rot_s - rot_t).square().sum(dim=(-1, -2)) + eps).sqrt()
+    dir_dist = torch.minimum((dir_s - dir_t).norm(dim=-1), (dir_s + dir_t).norm(dim=-1))
+    return rot_dist.mean() + dir_dist.mean()

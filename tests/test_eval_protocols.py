@@ -373,3 +373,18 @@ def test_checks_table_names_the_best_other_pruner_and_its_interval():
     records[1].pop("per_scene")
     rows = [r for r in synthrooms.checks_table(records) if r.startswith("| 8 | 0.5 | auc30")]
     assert [c.strip() for c in rows[0].strip("|").split("|")][6] == "-"
+
+
+def test_synthrooms_script_writes_every_row_and_reuses_the_unpruned_pass(tiny_model, tmp_path):
+    synthrooms = _load("synthrooms")
+    out = tmp_path / "rows.json"
+    argv = ["--model", str(tiny_model), "--size", "42x56", "--frames", "3", "--scenes", "2", "--traj-frames", "8",
+            "--pruners", "none", "grid", "--keep", "0.5", "0.3", "--json", str(out), "--md", str(tmp_path / "rows.md")]
+    assert synthrooms.main(argv) == 0
+    records = json.loads(out.read_text())
+    assert [(r["pruner"], r["keep"]) for r in records] == [("none", 1.0), ("grid", 0.5), ("grid", 0.3)]
+    none = records[0]
+    assert none["rot_dev_med"] < 1e-6 < records[1]["rot_dev_med"]  # the unpruned row is its own reference
+    assert none["median_s"] > 0 and len(none["per_scene"]["abs_rel"]) == 2
+    assert all(r["median_s"] > 0 for r in records)
+    assert "| none |" in (tmp_path / "rows.md").read_text()

@@ -86,8 +86,8 @@ def test_relative_pose_deviation_ignores_the_world_frame_and_scale_but_not_a_tur
     from scipy.spatial.transform import Rotation
 
     from pacegeo.geometry import extri_intri_to_pose_encoding
+    from pacegeo.losses import relative_pose_deviation as deviation
 
-    deviation = _load("finetune").relative_pose_deviation
     rng = torch.Generator().manual_seed(0)
     rot = torch.tensor(Rotation.random(4, random_state=1).as_matrix(), dtype=torch.float32)
     ext = torch.cat((rot, torch.randn(4, 3, 1, generator=rng)), dim=-1)
