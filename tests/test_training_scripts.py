@@ -48,6 +48,17 @@ def test_distill_then_finetune_write_a_pruner_that_records_its_history(backbone_
     pace = load_pruner(stage2, load_backbone(str(backbone_file)))
     assert pace.mode == "learned"
 
+    # A second segment on top of the first: the file keeps the recipe of both.
+    resumed = common[:-4] + ["--max-steps", "1", "--minutes", "5"]
+    assert _load("finetune").main(resumed + ["--init", str(stage2), "--frames", "3", "--weight-relative", "0.5",
+                                             "--seed", "3", "--out", str(tmp_path / "f2")]) == 0
+    meta = read_metadata(tmp_path / "f2" / "pruner.safetensors")
+    history = json.loads(meta["finetune_history"])
+    assert meta["finetune_steps"] == "3"
+    assert [(h["steps"], h["weight_camera"], h["weight_relative"], h["seed"]) for h in history] == [
+        (2, 5.0, 0.0, 0), (1, 1.0, 0.5, 3)]
+    assert history[0]["frames"] == [2, 3] and history[1]["frames"] == [2, 3]
+
 
 @pytest.mark.parametrize("script", ["distill", "finetune"])
 def test_training_scripts_reject_a_clip_range_that_is_empty(script, backbone_file, tmp_path, capsys):

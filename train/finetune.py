@@ -16,6 +16,7 @@ works too (``--images``).
 """
 
 import csv
+import json
 import sys
 import time
 from pathlib import Path
@@ -30,6 +31,24 @@ from pacegeo.pace import save_pruner
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from distill import setup_training, training_batches, training_parser  # noqa: E402
+
+
+def finetune_history(previous: dict[str, str], args, first_step: int, last_step: int) -> list[dict]:
+    """The stage-2 segments a pruner went through: the ``--init`` file's history plus this run.
+
+    A file fine-tuned before histories were recorded contributes one entry with its step count only.
+    """
+    history = json.loads(previous.get("finetune_history", "[]"))
+    if not history and first_step > 0:
+        history = [{"steps": first_step, "recipe": "not recorded"}]
+    history.append({
+        "steps": last_step - first_step, "data": str(args.images or "synthrooms"),
+        "frames": [args.min_frames, args.frames], "batch": args.batch, "size": args.size, "lr": args.lr,
+        "keep_range": list(args.keep_range), "weight_gt": args.weight_gt, "weight_teacher": args.weight_teacher,
+        "weight_camera": args.weight_camera, "weight_relative": args.weight_relative,
+        "camera_correction": args.camera_correction, "seed": args.seed,
+    })
+    return history
 
 
 def parse_args(argv=None):
@@ -108,11 +127,12 @@ def main(argv=None) -> int:
                 accelerator.print(f"step {step} | keep {keep:.2f} | loss {loss.item():.4f} | teacher camera "
                                   f"{parts['camera']:.4f} depth {parts['depth']:.4f}")
     if accelerator.is_main_process:
-        meta = dict(read_metadata(args.init)) if args.init else {}
-        meta = {k: v for k, v in meta.items() if k in ("distill_steps",)}
+        previous = dict(read_metadata(args.init)) if args.init else {}
+        meta = {k: v for k, v in previous.items() if k in ("distill_steps",)}
         meta.update(finetune_steps=str(step), stage="distill+finetune" if args.init else "finetune",
                     train_data=args.images or "synthrooms", keep_range=f"{args.keep_range[0]}-{args.keep_range[1]}",
-                    weight_camera=str(args.weight_camera), weight_relative=str(args.weight_relative))
+                    weight_camera=str(args.weight_camera), weight_relative=str(args.weight_relative),
+                    finetune_history=json.dumps(finetune_history(previous, args, prior, step)))
         path = save_pruner(pace, args.out / "pruner.safetensors", extra=meta)
         accelerator.print(f"done: {step} fine-tuning steps; pruner in {path}")
     accelerator.wait_for_everyone()
