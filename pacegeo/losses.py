@@ -173,13 +173,18 @@ def teacher_loss(student: dict, teacher: dict, weight_camera: float = 1.0) -> tu
     return loss, {k: float(v.detach()) for k, v in parts.items()}
 
 
-def relative_pose_deviation(student_enc: torch.Tensor, teacher_enc: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+def relative_pose_deviation(student_enc: torch.Tensor, teacher_enc: torch.Tensor, eps: float = 1e-8,
+                            baseline_weighted: bool = False) -> torch.Tensor:
     """How far the student's relative poses are from the teacher's, over all frame pairs ``i < j``.
 
     Pose encodings ``[B, S, 9]``. The sum of the mean chordal distance between relative rotations
     (``|R_s - R_t|_F``, about ``sqrt(2)`` times the angle in radians when small) and the mean
     distance between unit relative-translation directions (sign-folded, as the RTA metric): the
     quantities RRA and RTA threshold, unlike the pose-encoding distance. 0 for one frame.
+
+    The direction of a pair that barely moved is ill-defined, and the teacher's is mostly noise
+    there. ``baseline_weighted`` weighs each pair's direction distance by the teacher's baseline
+    (relative-translation length) over its mean in the clip, so well-separated pairs dominate.
     """
     s = student_enc.shape[1]
     if s < 2:
@@ -191,10 +196,13 @@ def relative_pose_deviation(student_enc: torch.Tensor, teacher_enc: torch.Tensor
         rot, trans = ext[..., :3], ext[..., 3]
         rel_rot = rot[:, i] @ rot[:, j].transpose(-1, -2)  # camera j -> camera i
         rel_trans = trans[:, i] - (rel_rot @ trans[:, j, :, None])[..., 0]
-        return rel_rot, rel_trans / (rel_trans.norm(dim=-1, keepdim=True) + 1e-6)
+        length = rel_trans.norm(dim=-1, keepdim=True)
+        return rel_rot, rel_trans / (length + 1e-6), length[..., 0]
 
-    rot_s, dir_s = relative(student_enc)
-    rot_t, dir_t = relative(teacher_enc.detach())
+    rot_s, dir_s, _ = relative(student_enc)
+    rot_t, dir_t, baseline = relative(teacher_enc.detach())
     rot_dist = ((rot_s - rot_t).square().sum(dim=(-1, -2)) + eps).sqrt()
     dir_dist = torch.minimum((dir_s - dir_t).norm(dim=-1), (dir_s + dir_t).norm(dim=-1))
+    if baseline_weighted:
+        dir_dist = dir_dist * baseline / (baseline.mean(dim=-1, keepdim=True) + 1e-6)
     return rot_dist.mean() + dir_dist.mean()

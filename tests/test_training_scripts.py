@@ -118,3 +118,23 @@ def test_relative_pose_deviation_ignores_the_world_frame_and_scale_but_not_a_tur
     value = float(deviation(extri_intri_to_pose_encoding(turned[None], intr[None], (30, 40)), enc))
     assert 0.1 < value
     assert float(deviation(enc[:, :1], enc[:, :1])) == 0.0
+
+
+def test_baseline_weighting_discounts_direction_errors_of_pairs_that_barely_moved():
+    from pacegeo.geometry import extri_intri_to_pose_encoding
+    from pacegeo.losses import relative_pose_deviation as deviation
+
+    def encode(centres):
+        ext = torch.zeros(len(centres), 3, 4)
+        ext[:, :, :3] = torch.eye(3)
+        ext[:, :, 3] = -torch.tensor(centres)  # identity rotations: t = -centre
+        intr = torch.tensor([[50.0, 0, 20], [0, 50.0, 15], [0, 0, 1]]).expand(len(centres), 3, 3)
+        return extri_intri_to_pose_encoding(ext[None], intr[None], (30, 40))
+
+    teacher = encode([[0.0, 0, 0], [0.01, 0, 0], [1.0, 0, 0]])  # pair (0, 1) barely moved
+    near = encode([[0.0, 0, 0], [0.0, 0.01, 0], [1.0, 0, 0]])  # turns only the short pair's direction
+    far = encode([[0.0, 0, 0], [0.01, 0, 0], [1.0, 0.3, 0]])  # turns the two long pairs' directions
+    plain, weighted = (float(deviation(near, teacher, baseline_weighted=w)) for w in (False, True))
+    assert weighted < plain / 10
+    plain, weighted = (float(deviation(far, teacher, baseline_weighted=w)) for w in (False, True))
+    assert weighted > plain > 0.1

@@ -46,6 +46,7 @@ def finetune_history(previous: dict[str, str], args, first_step: int, last_step:
         "frames": [args.min_frames, args.frames], "batch": args.batch, "size": args.size, "lr": args.lr,
         "keep_range": list(args.keep_range), "weight_gt": args.weight_gt, "weight_teacher": args.weight_teacher,
         "weight_camera": args.weight_camera, "weight_relative": args.weight_relative,
+        "relative_baseline_weighted": args.relative_baseline_weighted,
         "camera_correction": args.camera_correction, "seed": args.seed,
     })
     return history
@@ -63,6 +64,8 @@ def parse_args(argv=None):
     p.add_argument("--weight-teacher", type=float, default=1.0)
     p.add_argument("--weight-relative", type=float, default=0.0,
                    help="weight of the relative-pose deviation from the teacher (rotations and translation directions)")
+    p.add_argument("--relative-baseline-weighted", action="store_true",
+                   help="weigh each pair's translation-direction deviation by the teacher's baseline (far pairs count more)")
     p.add_argument("--camera-correction", action="store_true",
                    help="add the restoration's camera-token correction (kept once the pruner has it)")
     p.add_argument("--weight-camera", type=float, default=1.0,
@@ -101,7 +104,8 @@ def main(argv=None) -> int:
             out = pace(batch["images"], keep=keep, soft=True)
         t_loss, parts = teacher_loss(out, teacher, args.weight_camera)
         if args.weight_relative:
-            relative = relative_pose_deviation(out["pose_enc"], teacher["pose_enc"])
+            relative = relative_pose_deviation(out["pose_enc"], teacher["pose_enc"],
+                                               baseline_weighted=args.relative_baseline_weighted)
             t_loss = t_loss + args.weight_relative * relative
             parts["relative"] = float(relative.detach())
         loss = args.weight_teacher * t_loss
