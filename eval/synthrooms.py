@@ -14,6 +14,9 @@ with exact ground truth. Reported per pruner and keep:
 * camera deviation from the unpruned model: median relative rotation / translation-direction angle
   between the pruned and the unpruned model's cameras over frame pairs (what pruning changes,
   without the backbone's own error; 0 for the unpruned model);
+* where translation-direction errors come from: RTA@15 of the predicted camera centres with the
+  true rotations (``rta15_true_rotations``) and of the predicted rotations with the true centres
+  (``rta15_true_centres``);
 * median forward latency.
 
 Per-scene values of the camera and depth metrics are kept in the JSON; the markdown compares the
@@ -61,6 +64,14 @@ def predicted_cameras(out: dict, hw: tuple[int, int]) -> tuple[torch.Tensor, tor
     return pose_encoding_to_extri_intri(out["pose_enc"][0].float().cpu(), hw)
 
 
+def combine_cameras(rotations_of: torch.Tensor, centres_of: torch.Tensor) -> torch.Tensor:
+    """World-to-camera extrinsics ``[S, 3, 4]`` with the rotations of one set of cameras and the
+    camera centres of another (``t = -R c``); both inputs world-to-camera ``[S, 3|4, 4]``."""
+    rot = rotations_of[:, :3, :3].double()
+    centres = -torch.einsum("sji,sj->si", centres_of[:, :3, :3].double(), centres_of[:, :3, 3].double())
+    return torch.cat((rot, -torch.einsum("sij,sj->si", rot, centres)[..., None]), dim=-1).float()
+
+
 def clip_metrics(out: dict, clip: dict[str, torch.Tensor], max_points: int = 20000,
                  reference_extrinsics: torch.Tensor | None = None) -> dict[str, float]:
     """Depth, camera and point metrics of one prediction against its ground-truth clip; with
@@ -76,6 +87,10 @@ def clip_metrics(out: dict, clip: dict[str, torch.Tensor], max_points: int = 200
     d0 = depth_metrics(np.ones_like(gt_depth), gt_depth, align="median")
     rot, trans = relative_pose_errors(ext, gt_ext)
     rot_id, _ = relative_pose_errors(torch.eye(4)[:3].expand_as(gt_ext), gt_ext)
+    # Where translation-direction errors come from: the predicted centres with true rotations, and
+    # the predicted rotations with true centres.
+    _, trans_gt_rot = relative_pose_errors(combine_cameras(gt_ext, ext), gt_ext)
+    _, trans_gt_centres = relative_pose_errors(combine_cameras(ext, gt_ext), gt_ext)
     pred_pts = depth_to_world_points(pred_depth, ext, intr).numpy()[valid]
     gt_pts = clip["world_points"].numpy()[valid]
     rng = np.random.default_rng(0)
@@ -96,6 +111,8 @@ def clip_metrics(out: dict, clip: dict[str, torch.Tensor], max_points: int = 200
         "trans_err_med": float(np.median(trans)),
         "rra15": rra(rot, 15),
         "rta15": rta(trans, 15),
+        "rta15_true_rotations": rta(trans_gt_rot, 15),
+        "rta15_true_centres": rta(trans_gt_centres, 15),
         "auc30": auc(rot, trans, 30),
         "rra15_identity": rra(rot_id, 15),
         "chamfer": chamfer(aligned, gt_pts[sel], combine="mean"),

@@ -388,3 +388,23 @@ def test_synthrooms_script_writes_every_row_and_reuses_the_unpruned_pass(tiny_mo
     assert none["median_s"] > 0 and len(none["per_scene"]["abs_rel"]) == 2
     assert all(r["median_s"] > 0 for r in records)
     assert "| none |" in (tmp_path / "rows.md").read_text()
+
+
+def test_combined_cameras_take_rotations_from_one_set_and_centres_from_the_other():
+    import torch
+    from scipy.spatial.transform import Rotation
+
+    synthrooms = _load("synthrooms")
+
+    def cameras(rotations, centres):
+        rot = torch.tensor(rotations.as_matrix(), dtype=torch.float32)
+        return torch.cat((rot, -(rot @ torch.tensor(centres, dtype=torch.float32)[..., None])), dim=-1)
+
+    truth = cameras(Rotation.random(5, random_state=0), np.random.default_rng(0).normal(size=(5, 3)))
+    other = cameras(Rotation.random(5, random_state=1), np.random.default_rng(1).normal(size=(5, 3)))
+    assert torch.allclose(synthrooms.combine_cameras(truth, truth), truth, atol=1e-5)
+    mixed = synthrooms.combine_cameras(other, truth)  # other's rotations, the true centres
+    assert torch.allclose(mixed[:, :, :3], other[:, :, :3])
+    centres = -(mixed[:, :, :3].transpose(1, 2) @ mixed[:, :, 3:])[..., 0]
+    true_centres = -(truth[:, :, :3].transpose(1, 2) @ truth[:, :, 3:])[..., 0]
+    assert torch.allclose(centres, true_centres, atol=1e-5)
