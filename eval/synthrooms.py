@@ -42,7 +42,7 @@ from pacegeo.data.clips import normalize_clip
 from pacegeo.data.stream import intrinsics_for_fov
 from pacegeo.data.synth import make_scene, make_trajectory, render_frame
 from pacegeo.errors import PacegeoError
-from pacegeo.geometry import depth_to_world_points, pose_encoding_to_extri_intri
+from pacegeo.geometry import camera_centers, depth_to_world_points, pose_encoding_to_extri_intri
 from pacegeo.hub import load_backbone, read_metadata, resolve_weights
 from pacegeo.metrics import auc, chamfer, depth_metrics, relative_pose_errors, rra, rta, umeyama
 
@@ -68,7 +68,7 @@ def combine_cameras(rotations_of: torch.Tensor, centres_of: torch.Tensor) -> tor
     """World-to-camera extrinsics ``[S, 3, 4]`` with the rotations of one set of cameras and the
     camera centres of another (``t = -R c``); both inputs world-to-camera ``[S, 3|4, 4]``."""
     rot = rotations_of[:, :3, :3].double()
-    centres = -torch.einsum("sji,sj->si", centres_of[:, :3, :3].double(), centres_of[:, :3, 3].double())
+    centres = camera_centers(centres_of[:, :3].double())
     return torch.cat((rot, -torch.einsum("sij,sj->si", rot, centres)[..., None]), dim=-1).float()
 
 
@@ -182,16 +182,17 @@ def main(argv=None) -> int:
         for name, run in runners:
             keeps = [1.0] if name == "none" else args.keep
             for keep in keeps:
-                per_clip, times = [], []
                 if name == "none":
                     per_clip, times = unpruned_metrics, unpruned_times
-                with torch.inference_mode():
-                    for clip, ref in zip(clips, reference if name != "none" else []):
-                        images = clip["images"][None]
-                        start = time.perf_counter()
-                        out = run(images, keep)
-                        times.append(time.perf_counter() - start)
-                        per_clip.append(clip_metrics(out, clip, reference_extrinsics=ref))
+                else:
+                    per_clip, times = [], []
+                    with torch.inference_mode():
+                        for clip, ref in zip(clips, reference):
+                            images = clip["images"][None]
+                            start = time.perf_counter()
+                            out = run(images, keep)
+                            times.append(time.perf_counter() - start)
+                            per_clip.append(clip_metrics(out, clip, reference_extrinsics=ref))
                 rec = {k: float(np.mean([m[k] for m in per_clip])) for k in per_clip[0]}
                 rec["per_scene"] = {k: [round(m[k], 6) for m in per_clip] for k in SCENE_METRICS}
                 rec.update(model=args.model, pruner=name, keep=keep, frames=frames, scenes=len(clips),
