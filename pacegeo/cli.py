@@ -6,6 +6,7 @@ Heavy imports happen inside the command functions so that ``pacegeo --help`` is 
 """
 
 import argparse
+import os
 import sys
 
 from pacegeo import __version__
@@ -19,8 +20,6 @@ def _parse_size(text: str) -> tuple[int, int]:
         width, height = int(w), int(h)
     except ValueError:
         raise argparse.ArgumentTypeError(f"size must look like 640x480, got {text!r}") from None
-    if width < 16 or height < 16:
-        raise argparse.ArgumentTypeError(f"size must be at least 16x16, got {text!r}")
     return width, height
 
 
@@ -57,17 +56,13 @@ def _export_paths(output, formats: list[str]) -> dict:
     from pathlib import Path
 
     out = Path(output)
-    paths = {}
-    for fmt in formats:
-        if fmt == "glb":
-            paths[fmt] = out.with_suffix(".glb")
-        elif fmt == "colmap":
-            paths[fmt] = out.parent / f"{out.stem}_colmap"
-        elif fmt == "npz":
-            paths[fmt] = out.with_suffix(".npz")
-        elif fmt == "cameras":
-            paths[fmt] = out.parent / f"{out.stem}_cameras.json"
-    return paths
+    names = {
+        "glb": out.with_suffix(".glb"),
+        "colmap": out.parent / f"{out.stem}_colmap",
+        "npz": out.with_suffix(".npz"),
+        "cameras": out.parent / f"{out.stem}_cameras.json",
+    }
+    return {fmt: names[fmt] for fmt in formats}
 
 
 def _parse_exports(text: str | None) -> list[str]:
@@ -87,30 +82,15 @@ def _parse_exports(text: str | None) -> list[str]:
     return formats
 
 
-def _check_outputs(paths: list, overwrite: bool) -> None:
-    """Every output's folder must exist and be writable; existing outputs need --overwrite."""
-    import os
+def _weight_inputs(choice, pruner) -> list:
+    """Weight files a run reads (the model's, and the pruner's when it names a file): outputs must
+    not replace them."""
+    from pathlib import Path
 
-    from pacegeo.errors import InputError
-
-    seen = {}
-    for path in paths:
-        key = os.path.abspath(path)
-        if key in seen:
-            raise InputError(f"two outputs would both be written to {path}")
-        seen[key] = path
-        folder = path.parent if str(path.parent) else path.cwd()
-        if not folder.exists():
-            raise InputError(f"output folder {folder} does not exist")
-        if not folder.is_dir():
-            raise InputError(f"output folder {folder} is not a folder")
-        if not os.access(folder, os.W_OK | os.X_OK):
-            raise InputError(f"output folder {folder} is not writable")
-        if path.exists() or path.is_symlink():
-            if not overwrite:
-                raise InputError(f"output {path} already exists; pass --overwrite to replace it")
-            if path.is_dir() and path.suffix:  # a folder where a file goes
-                raise InputError(f"output {path} is a folder; choose another output name")
+    paths = [choice.path]
+    if pruner is not None and Path(str(pruner)).expanduser().is_file():
+        paths.append(Path(str(pruner)).expanduser())
+    return paths
 
 
 class _WarningHandler:
@@ -159,14 +139,17 @@ def _fmt_bytes(value: int) -> str:
 def _cmd_reconstruct(args: argparse.Namespace) -> int:
     import math
     import time
-    from pathlib import Path
 
     from pacegeo.errors import InputError
 
     started = time.perf_counter()
     with _WarningHandler():
-        # 1. Options, before anything is read.
-        from pacegeo.pipeline import DEFAULT_KEEP, check_input, check_keep, prepare_inputs, resolve_model
+        # 1. Options, before anything is read (the library's checks, messages in flag names).
+        from pacegeo.io.outputs import check_outputs
+        from pacegeo.options import check_count, check_keep, check_positive_number, check_seed
+        from pacegeo.pipeline import (
+            DEFAULT_KEEP, Pipeline, check_input, export_spec, input_paths, prepare_inputs, resolve_model,
+        )
 
         pruner = args.pruner
         keep = args.keep
@@ -176,11 +159,9 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
         if str(pruner).lower() == "none" and keep < 1.0:
             raise InputError(f"--keep {keep:g} needs a pruner; drop --pruner none or use --keep 1")
         for name in ("frames", "stride", "max_points"):
-            value = getattr(args, name)
-            if value is not None and value < 1:
-                raise InputError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
-        if args.fps is not None and (not math.isfinite(args.fps) or args.fps <= 0):
-            raise InputError(f"--fps must be a positive number, got {args.fps:g}")
+            check_count(getattr(args, name), name)
+        check_seed(args.seed)
+        check_positive_number(args.fps, "fps")
         if args.conf is not None and (not math.isfinite(args.conf) or args.conf < 0):
             raise InputError(f"--conf must be a non-negative number, got {args.conf:g}")
         if args.conf_percentile is not None and not (0 <= args.conf_percentile < 100):
@@ -189,19 +170,20 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
             raise InputError(f"--target-size must be a positive multiple of 14, got {args.target_size}")
         formats = _parse_exports(args.export)
 
-        # 2. Input: exists, has images, or is a readable video.
+        # 2. Input: exists, has images, or is a readable video. Then the model (resolved, not loaded).
         description = check_input(args.input, args.fps)
-
-        # 3. Outputs: all of them, before any work.
-        output = Path(args.output)
-        if output.suffix.lower() != ".ply":
-            raise InputError(f"output must be a .ply file (other formats go beside it with --export), got {output}")
-        extra = _export_paths(output, formats)
-        preview = Path(args.preview) if args.preview else None
-        _check_outputs([output, *extra.values(), *([preview] if preview else [])], args.overwrite)
-
-        # 4. Model (resolved, not loaded yet), then images, then weights.
         choice = resolve_model(args.model)
+
+        # 3. Outputs, all of them, before any work: never an input, writable, names that fit.
+        if not args.output.lower().endswith(".ply"):
+            raise InputError(f"output must be a .ply file (other formats go beside it with --export), got {args.output}")
+        targets = {"ply": args.output, **_export_paths(args.output, formats)}
+        if args.preview:
+            targets["preview"] = args.preview
+        inputs = [*input_paths(args.input, args.fps), *_weight_inputs(choice, pruner)]
+        check_outputs([export_spec(fmt, path) for fmt, path in targets.items()], inputs, args.overwrite)
+
+        # 4. Images, then weights.
         prepared = prepare_inputs(
             args.input,
             mode=args.mode or choice.preprocess_mode,
@@ -212,8 +194,6 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
             strict=args.strict,
             progress=False if args.quiet else None,
         )
-        from pacegeo.pipeline import Pipeline
-
         pipe = Pipeline.from_pretrained(
             choice, pruner=pruner, device=args.device, target_size=args.target_size or choice.target_size
         )
@@ -221,9 +201,12 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
             print(f"pacegeo: note: {pipe.notice}", file=sys.stderr)
 
         # 5. Inference (memory preflight first).
-        rec = pipe.reconstruct(prepared, keep=keep, seed=args.seed, check_memory=not args.no_memory_check)
+        rec = pipe.reconstruct(
+            prepared, keep=keep, seed=args.seed, check_memory=not args.no_memory_check,
+            progress=False if args.quiet else None,
+        )
 
-        # 6. Exports.
+        # 6. Every output together: all appear, or none does and earlier files stay as they were.
         point_kwargs = {
             # Default as in VGGT's demos: drop the least confident half of the points.
             "conf_threshold": args.conf if args.conf is not None else 0.0,
@@ -232,30 +215,13 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
             "max_points": args.max_points,
             "seed": args.seed,
         }
-        xyz, _ = rec.point_cloud(**point_kwargs)
-        jobs = [("ply", output, lambda p: rec.save_ply(p, **point_kwargs))]
-        writers = {
-            "glb": lambda p: rec.save_glb(p, **point_kwargs),
-            "colmap": lambda p: rec.save_colmap(p, overwrite=args.overwrite, **point_kwargs),
-            "npz": rec.save_npz,
-            "cameras": rec.save_cameras_json,
-        }
-        jobs += [(fmt, path, writers[fmt]) for fmt, path in extra.items()]
-        if preview is not None:
-            jobs.append(("preview", preview, lambda p: rec.save_preview(p, **point_kwargs)))
-        from tqdm.auto import tqdm
-
-        bar = tqdm(jobs, desc="writing", unit="file", file=sys.stderr, leave=False, disable=args.quiet or not sys.stderr.isatty())
-        for fmt, path, write in bar:
-            bar.set_postfix_str(path.name)
-            try:
-                write(path)
-            except OSError as err:
-                raise InputError(f"cannot write {path}: {err.strerror or err}") from None
+        points = int(rec.point_mask(point_kwargs["conf_threshold"], point_kwargs["conf_percentile"], args.points_from).sum())
+        points = min(points, args.max_points or points)
+        rec.export(targets, overwrite=args.overwrite, progress=False if args.quiet else None, **point_kwargs)
 
     if args.quiet:
         return 0
-    _print_summary(rec, description, len(xyz), time.perf_counter() - started)
+    _print_summary(rec, description, points, time.perf_counter() - started)
     return 0
 
 
@@ -276,7 +242,14 @@ def _print_summary(rec, description: str, points: int, total_seconds: float) -> 
     t = rec.timings
     stages = ", ".join(f"{name} {t.get(name, 0.0):.2f} s" for name in ("load", "preprocess", "inference", "export"))
     print(f"time: {stages} (total {total_seconds:.2f} s)")
-    print(f"peak memory: {_fmt_bytes(rec.peak_memory)} ({rec.peak_memory_kind}); preflight estimate {_fmt_bytes(rec.memory_estimate)}")
+    from pacegeo.pipeline import peak_rss_bytes
+
+    run_peak = peak_rss_bytes()  # after the exports: the whole run
+    if rec.peak_memory_kind == "process RSS":
+        memory = f"{_fmt_bytes(run_peak)} (process RSS, whole run; {_fmt_bytes(rec.peak_memory)} by the end of inference)"
+    else:
+        memory = f"{_fmt_bytes(rec.peak_memory)} ({rec.peak_memory_kind}, inference); host {_fmt_bytes(run_peak)} (process RSS, whole run)"
+    print(f"peak memory: {memory}; preflight estimate {_fmt_bytes(rec.memory_estimate)}")
     print(f"points written: {points:,}")
     names = [f"{p}/" if p.is_dir() else str(p) for p in rec.files_written]
     print("files written: " + ", ".join(names))
@@ -297,18 +270,18 @@ def _cmd_map(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     with _WarningHandler():
         # 1. Options, before anything is read.
+        from pacegeo.io.outputs import OutputSpec, check_outputs
         from pacegeo.localize import MAP_SUFFIX
-        from pacegeo.pipeline import check_input, check_keep, prepare_inputs, resolve_model
+        from pacegeo.options import check_count, check_keep, check_seed
+        from pacegeo.pipeline import check_input, input_paths, prepare_inputs, resolve_model
 
         keep = check_keep(args.keep)
         if str(args.pruner).lower() == "none" and keep < 1.0:
             raise InputError(f"--keep {keep:g} needs a pruner; drop --pruner none or use --keep 1")
-        for name in ("frames", "stride", "chunk", "overlap"):
-            value = getattr(args, name)
-            if value is not None and value < 1:
-                raise InputError(f"--{name} must be a positive integer, got {value}")
-        if args.chunk is not None and args.chunk < 2:
-            raise InputError(f"--chunk must be at least 2 frames, got {args.chunk}")
+        for name in ("frames", "stride", "overlap"):
+            check_count(getattr(args, name), name)
+        check_count(args.chunk, "chunk", minimum=2)
+        check_seed(args.seed)
         if args.overlap is not None and args.chunk is None:
             raise InputError("--overlap needs --chunk")
         if args.overlap is not None and args.overlap >= args.chunk:
@@ -316,15 +289,14 @@ def _cmd_map(args: argparse.Namespace) -> int:
         if args.target_size is not None and (args.target_size < 14 or args.target_size % 14):
             raise InputError(f"--target-size must be a positive multiple of 14, got {args.target_size}")
 
-        # 2. Input, 3. output, before any work.
+        # 2. Input and model, 3. output, before any work.
         description = check_input(args.input)
-        output = Path(args.output)
-        if output.suffix.lower() != MAP_SUFFIX:
-            raise InputError(f"output must be a {MAP_SUFFIX} file, got {output}")
-        _check_outputs([output], args.overwrite)
-
-        # 4. Model, images, weights.
         choice = resolve_model(args.model)
+        output = Path(args.output)
+        spec = OutputSpec(output, suffixes=(MAP_SUFFIX,), what="map")
+        check_outputs([spec], [*input_paths(args.input), *_weight_inputs(choice, args.pruner)], args.overwrite)
+
+        # 4. Images, weights.
         size = args.target_size or choice.target_size
         prepared = prepare_inputs(
             args.input, mode=choice.preprocess_mode, target_size=size, frames=args.frames, stride=args.stride,
@@ -341,7 +313,7 @@ def _cmd_map(args: argparse.Namespace) -> int:
             prepared, keep=keep, chunk=args.chunk, overlap=args.overlap, vpr=args.vpr, seed=args.seed,
             progress=False if args.quiet else None,
         )
-        store.save(output)
+        store.save(output, overwrite=args.overwrite)
 
     if args.quiet:
         return 0
@@ -385,30 +357,33 @@ def _cmd_localize(args: argparse.Namespace) -> int:
 
     with _WarningHandler():
         # 1. Options; 2. the map; 3. the queries; 4. the report file; all before any work.
+        from pacegeo.io.outputs import OutputSpec, check_outputs
         from pacegeo.localize import MapStore
-        from pacegeo.pipeline import check_keep
+        from pacegeo.options import check_count, check_keep, check_seed
+        from pacegeo.pipeline import resolve_model
 
         keep = check_keep(args.keep)
-        if args.top_k < 1:
-            raise InputError(f"--top-k must be a positive integer, got {args.top_k}")
+        check_count(args.top_k, "top_k")
+        check_seed(args.seed)
         store = MapStore.load(args.map)
         queries = _query_files(args.queries)
-        report = Path(args.json) if args.json else None
+        choice = resolve_model(args.model or store.model)
+        report = OutputSpec(Path(args.json), suffixes=(".json",), what="report") if args.json else None
         if report is not None:
-            _check_outputs([report], args.overwrite)
+            inputs = [Path(args.map), *(Path(q) for q in args.queries), *_weight_inputs(choice, args.pruner)]
+            check_outputs([report], inputs, args.overwrite)
 
         # 5. The map's model (or --model), then localization.
         from pacegeo.pipeline import Pipeline
 
-        pipe = Pipeline.from_pretrained(
-            args.model or store.model, pruner=args.pruner, device=args.device, target_size=store.target_size
-        )
+        pipe = Pipeline.from_pretrained(choice, pruner=args.pruner, device=args.device, target_size=store.target_size)
         if pipe.notice and not args.quiet:
             print(f"pacegeo: note: {pipe.notice}", file=sys.stderr)
         results = pipe.localize(queries, store=store, top_k=args.top_k, keep=keep, seed=args.seed,
                                 progress=False if args.quiet else None)
         if report is not None:
-            from pacegeo.export import write_json
+            from pacegeo.export import json_into
+            from pacegeo.io.outputs import OutputSet
 
             data = {
                 "map": str(args.map),
@@ -419,10 +394,9 @@ def _cmd_localize(args: argparse.Namespace) -> int:
                 "frame": "map frame: OpenCV camera-to-world, first map frame = identity, model scale",
                 "queries": [loc.to_dict() for loc in results],
             }
-            try:
-                write_json(report, data)
-            except OSError as err:
-                raise InputError(f"cannot write {report}: {err.strerror or err}") from None
+            with OutputSet([report], inputs, args.overwrite) as outputs:
+                with open(outputs.staged(report), "wb") as handle:
+                    json_into(handle, data)
 
     if args.quiet:
         return 0
@@ -434,7 +408,7 @@ def _cmd_localize(args: argparse.Namespace) -> int:
               f"({loc.fit.method} fit on {loc.fit.frames} frames)")
         print(f"  retrieved: {retrieved}")
     if report is not None:
-        print(f"report written: {report}")
+        print(f"report written: {report.path}")
     return 0
 
 
@@ -471,6 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace scenes that already exist")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_synth)
+    _one_line_errors(p)
 
     p = sub.add_parser(
         "reconstruct",
@@ -578,11 +553,23 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except PacegeoError as err:
-        print(f"pacegeo: error: {err}", file=sys.stderr)
+        print(f"pacegeo: error: {err.cli_message()}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("pacegeo: interrupted", file=sys.stderr)
         return 130
+    except MemoryError:
+        print("pacegeo: error: out of memory; try fewer frames (--frames/--stride) or a lower --keep", file=sys.stderr)
+        return 2
+    except OSError as err:
+        where = f" ({err.filename})" if getattr(err, "filename", None) else ""
+        print(f"pacegeo: error: {err.strerror or type(err).__name__}{where}", file=sys.stderr)
+        return 2
+    except Exception as err:  # a bug: one line, the traceback on request
+        if os.environ.get("PACEGEO_DEBUG"):
+            raise
+        print(f"pacegeo: internal error: {type(err).__name__}: {err} (set PACEGEO_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -8,26 +8,26 @@ Pure functions over numpy arrays; :class:`pacegeo.pipeline.Reconstruction` calls
   said otherwise (COLMAP puts the centre of the top-left pixel at ``(0.5, 0.5)``);
 * points ``[M, 3]`` float, colours ``[M, 3]`` uint8 RGB.
 
-Every writer is atomic: the file (or folder) is written under a temporary name in the destination
-folder and moved into place with :func:`os.replace` only when complete, so an error or interruption
-never leaves a partial file at the destination and no temporary file behind.
+Each format has a streaming writer into an open file (``*_into``; COLMAP into a folder) and an
+atomic ``write_*`` wrapper (:mod:`pacegeo.io.outputs`): the file or folder is written under a
+temporary name beside its destination and moved into place only when complete, so an error or
+interruption never leaves a partial file at the destination and no temporary file behind. Large
+data (PLY vertices, COLMAP points) is written in chunks, so exporting needs little memory beyond
+the arrays themselves.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import logging
 import os
-import shutil
-import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from pacegeo.errors import InputError
+from pacegeo.io.outputs import atomic_dir, atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -35,10 +35,17 @@ logger = logging.getLogger(__name__)
 OPENCV_TO_OPENGL = np.diag([1.0, -1.0, -1.0])
 
 __all__ = [
+    "CHUNK_POINTS",
     "OPENCV_TO_OPENGL",
     "atomic_dir",
     "atomic_write",
     "camera_frustum_corners",
+    "colmap_into",
+    "glb_into",
+    "json_into",
+    "npz_into",
+    "ply_into",
+    "preview_into",
     "render_preview",
     "rotation_to_qvec",
     "write_colmap_text",
@@ -47,69 +54,6 @@ __all__ = [
     "write_npz",
     "write_ply",
 ]
-
-
-# --------------------------------------------------------------------------------------------
-# Atomic writes
-# --------------------------------------------------------------------------------------------
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-@contextlib.contextmanager
-def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[io.IOBase]:
-    """Open a temporary file beside ``path`` for writing; on success it replaces ``path``.
-
-    The temporary file is ``.<name>.<random>.tmp`` in the destination folder (so the final
-    :func:`os.replace` is atomic). If the body raises, the temporary file is removed and ``path``
-    is left untouched (absent, or its previous content).
-    """
-    path = Path(path)
-    if "w" not in mode and "x" not in mode:
-        raise ValueError(f"atomic_write needs a write mode, got {mode!r}")
-    mode = mode.replace("x", "w")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode) as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-@contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary folder beside ``path``; on success it becomes ``path``.
-
-    An existing ``path`` raises :class:`InputError` unless ``overwrite``; with ``overwrite`` it is
-    moved aside, replaced and then deleted. If the body raises, the temporary folder is deleted.
-    """
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise InputError(f"output {path} already exists; pass --overwrite to replace it")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    try:
-        yield tmp
-        os.chmod(tmp, 0o777 & ~_umask())
-        old = None
-        if path.exists() or path.is_symlink():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
-            os.replace(path, old / path.name)
-        os.replace(tmp, path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 # --------------------------------------------------------------------------------------------
@@ -187,18 +131,39 @@ def scene_scale(xyz: np.ndarray, centres: np.ndarray) -> float:
 # --------------------------------------------------------------------------------------------
 
 
-def write_ply(path: str | os.PathLike, xyz: np.ndarray, rgb: np.ndarray) -> Path:
-    """Write a binary little-endian PLY point cloud: float32 ``x y z`` and uchar ``red green blue``
-    (plus ``alpha`` = 255) per vertex. Coordinates are written as given (pacegeo: OpenCV world)."""
-    import trimesh
+#: Points written per chunk by the streaming writers (bounds the memory an export adds).
+CHUNK_POINTS = 1 << 20
 
+_PLY_VERTEX = np.dtype([("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1"), ("alpha", "u1")])
+
+
+def ply_into(handle, xyz: np.ndarray, rgb: np.ndarray) -> None:
+    """Stream a binary little-endian PLY point cloud into ``handle``: float32 ``x y z`` and uchar
+    ``red green blue alpha`` (alpha = 255) per vertex, written in chunks of :data:`CHUNK_POINTS`.
+    Coordinates are written as given (pacegeo: OpenCV world)."""
     xyz, rgb = _check_points(xyz, rgb)
-    rgba = np.concatenate([rgb, np.full((len(rgb), 1), 255, np.uint8)], axis=1)
-    cloud = trimesh.PointCloud(xyz, colors=rgba)
-    data = trimesh.exchange.ply.export_ply(cloud, encoding="binary")
+    header = (
+        "ply\nformat binary_little_endian 1.0\n"
+        f"element vertex {len(xyz)}\n"
+        "property float x\nproperty float y\nproperty float z\n"
+        "property uchar red\nproperty uchar green\nproperty uchar blue\nproperty uchar alpha\n"
+        "end_header\n"
+    )
+    handle.write(header.encode("ascii"))
+    for start in range(0, len(xyz), CHUNK_POINTS):
+        stop = min(start + CHUNK_POINTS, len(xyz))
+        block = np.empty(stop - start, dtype=_PLY_VERTEX)
+        block["x"], block["y"], block["z"] = xyz[start:stop].T
+        block["red"], block["green"], block["blue"] = rgb[start:stop].T
+        block["alpha"] = 255
+        handle.write(block.tobytes())
+
+
+def write_ply(path: str | os.PathLike, xyz: np.ndarray, rgb: np.ndarray) -> Path:
+    """Write a binary PLY point cloud (:func:`ply_into`) atomically."""
     path = Path(path)
     with atomic_write(path) as handle:
-        handle.write(data)
+        ply_into(handle, xyz, rgb)
     return path
 
 
@@ -209,8 +174,8 @@ def _frustum_segments(centre: np.ndarray, corners: np.ndarray) -> np.ndarray:
     return np.array(segments)
 
 
-def write_glb(
-    path: str | os.PathLike,
+def glb_into(
+    handle,
     xyz: np.ndarray,
     rgb: np.ndarray,
     extrinsics: np.ndarray,
@@ -218,8 +183,8 @@ def write_glb(
     image_hw: tuple[int, int] | np.ndarray,
     frame_names: Sequence[str] | None = None,
     frustum_scale: float | None = None,
-) -> Path:
-    """Write a binary glTF scene: the coloured points (geometry ``points``) and one wireframe
+) -> None:
+    """A binary glTF scene into ``handle``: the coloured points (geometry ``points``) and one wireframe
     frustum per camera (geometries ``camera_000``, ``camera_001``, ...).
 
     Everything is converted from OpenCV to the glTF convention (y up, cameras looking down -z) by
@@ -253,10 +218,14 @@ def write_glb(
         meta = {"frame": str(frame_names[i])} if frame_names is not None else {}
         frustum.metadata.update(meta)
         scene.add_geometry(frustum, geom_name=name, node_name=name)
-    data = scene.export(file_type="glb")
+    handle.write(scene.export(file_type="glb"))
+
+
+def write_glb(path: str | os.PathLike, *args, **kwargs) -> Path:
+    """Write a GLB scene (:func:`glb_into`, same arguments after ``path``) atomically."""
     path = Path(path)
     with atomic_write(path) as handle:
-        handle.write(data)
+        glb_into(handle, *args, **kwargs)
     return path
 
 
@@ -265,7 +234,7 @@ def write_glb(
 # --------------------------------------------------------------------------------------------
 
 
-def write_colmap_text(
+def colmap_into(
     folder: str | os.PathLike,
     extrinsics: np.ndarray,
     intrinsics: np.ndarray,
@@ -274,9 +243,9 @@ def write_colmap_text(
     xyz: np.ndarray,
     rgb: np.ndarray,
     errors: np.ndarray | None = None,
-    overwrite: bool = False,
-) -> Path:
-    """Write a COLMAP text model (``cameras.txt``, ``images.txt``, ``points3D.txt``) into ``folder``.
+) -> None:
+    """Write a COLMAP text model (``cameras.txt``, ``images.txt``, ``points3D.txt``) into the
+    existing ``folder``; points are streamed in chunks of :data:`CHUNK_POINTS`.
 
     Args:
         extrinsics: ``[S, 3, 4]`` OpenCV world-to-camera (COLMAP's convention too).
@@ -286,10 +255,8 @@ def write_colmap_text(
         frame_names: image names written to ``images.txt``.
         xyz, rgb: ``[M, 3]`` points and uint8 colours; written without tracks (no 2D observations).
         errors: ``[M]`` per-point error column (default 0).
-        overwrite: replace an existing ``folder``.
 
-    One ``PINHOLE`` camera per image (``CAMERA_ID = IMAGE_ID = i + 1``). The folder is written
-    atomically as a whole.
+    One ``PINHOLE`` camera per image (``CAMERA_ID = IMAGE_ID = i + 1``).
     """
     xyz, rgb = _check_points(xyz, rgb)
     extrinsics = np.asarray(extrinsics, dtype=np.float64)
@@ -297,47 +264,55 @@ def write_colmap_text(
     image_sizes = np.asarray(image_sizes)
     count = len(extrinsics)
     if not (len(intrinsics) == len(image_sizes) == len(frame_names) == count):
-        raise InputError("write_colmap_text: extrinsics, intrinsics, image sizes and names differ in length")
-    errors = np.zeros(len(xyz)) if errors is None else np.asarray(errors, dtype=np.float64).reshape(-1)
+        raise InputError("COLMAP export: extrinsics, intrinsics, image sizes and names differ in length")
+    errors = None if errors is None else np.asarray(errors, dtype=np.float64).reshape(-1)
     qvecs = rotation_to_qvec(extrinsics[:, :3, :3]) if count else np.zeros((0, 4))
     tvecs = extrinsics[:, :3, 3]
+    folder = Path(folder)
 
-    cameras = io.StringIO()
-    cameras.write("# Camera list with one line of data per camera:\n")
-    cameras.write("#   CAMERA_ID, MODEL, WIDTH, HEIGHT, PARAMS[]\n")
-    cameras.write(f"# Number of cameras: {count}\n")
-    for i in range(count):
-        height, width = (int(v) for v in image_sizes[i])
-        k = intrinsics[i]
-        cameras.write(f"{i + 1} PINHOLE {width} {height} {k[0, 0]:.10g} {k[1, 1]:.10g} {k[0, 2]:.10g} {k[1, 2]:.10g}\n")
+    with open(folder / "cameras.txt", "w") as cameras:
+        cameras.write("# Camera list with one line of data per camera:\n")
+        cameras.write("#   CAMERA_ID, MODEL, WIDTH, HEIGHT, PARAMS[]\n")
+        cameras.write(f"# Number of cameras: {count}\n")
+        for i in range(count):
+            height, width = (int(v) for v in image_sizes[i])
+            k = intrinsics[i]
+            cameras.write(f"{i + 1} PINHOLE {width} {height} {k[0, 0]:.10g} {k[1, 1]:.10g} {k[0, 2]:.10g} {k[1, 2]:.10g}\n")
 
-    images = io.StringIO()
-    images.write("# Image list with two lines of data per image:\n")
-    images.write("#   IMAGE_ID, QW, QX, QY, QZ, TX, TY, TZ, CAMERA_ID, NAME\n")
-    images.write("#   POINTS2D[] as (X, Y, POINT3D_ID)\n")
-    images.write(f"# Number of images: {count}, mean observations per image: 0\n")
-    for i in range(count):
-        name = str(frame_names[i]).replace(" ", "_")
-        q, t = qvecs[i], tvecs[i]
-        images.write(
-            f"{i + 1} {q[0]:.12g} {q[1]:.12g} {q[2]:.12g} {q[3]:.12g} {t[0]:.12g} {t[1]:.12g} {t[2]:.12g} {i + 1} {name}\n\n"
-        )
+    with open(folder / "images.txt", "w") as images:
+        images.write("# Image list with two lines of data per image:\n")
+        images.write("#   IMAGE_ID, QW, QX, QY, QZ, TX, TY, TZ, CAMERA_ID, NAME\n")
+        images.write("#   POINTS2D[] as (X, Y, POINT3D_ID)\n")
+        images.write(f"# Number of images: {count}, mean observations per image: 0\n")
+        for i in range(count):
+            name = str(frame_names[i]).replace(" ", "_")
+            q, t = qvecs[i], tvecs[i]
+            images.write(
+                f"{i + 1} {q[0]:.12g} {q[1]:.12g} {q[2]:.12g} {q[3]:.12g} {t[0]:.12g} {t[1]:.12g} {t[2]:.12g} {i + 1} {name}\n\n"
+            )
 
-    points = io.StringIO()
-    points.write("# 3D point list with one line of data per point:\n")
-    points.write("#   POINT3D_ID, X, Y, Z, R, G, B, ERROR, TRACK[] as (IMAGE_ID, POINT2D_IDX)\n")
-    points.write(f"# Number of points: {len(xyz)}, mean track length: 0\n")
-    if len(xyz):
-        table = np.empty(len(xyz), dtype=[("id", "i8"), ("xyz", "f8", 3), ("rgb", "i8", 3), ("err", "f8")])
-        table["id"] = np.arange(1, len(xyz) + 1)
-        table["xyz"], table["rgb"], table["err"] = xyz, rgb, errors
-        flat = np.column_stack([table["id"], table["xyz"], table["rgb"], table["err"]])
-        np.savetxt(points, flat, fmt=["%d", "%.7g", "%.7g", "%.7g", "%d", "%d", "%d", "%.6g"])
+    with open(folder / "points3D.txt", "w") as points:
+        points.write("# 3D point list with one line of data per point:\n")
+        points.write("#   POINT3D_ID, X, Y, Z, R, G, B, ERROR, TRACK[] as (IMAGE_ID, POINT2D_IDX)\n")
+        points.write(f"# Number of points: {len(xyz)}, mean track length: 0\n")
+        fmt = ["%d", "%.7g", "%.7g", "%.7g", "%d", "%d", "%d", "%.6g"]
+        for start in range(0, len(xyz), CHUNK_POINTS // 8):
+            stop = min(start + CHUNK_POINTS // 8, len(xyz))
+            flat = np.column_stack([
+                np.arange(start + 1, stop + 1, dtype=np.float64),
+                xyz[start:stop].astype(np.float64),
+                rgb[start:stop].astype(np.float64),
+                np.zeros(stop - start) if errors is None else errors[start:stop],
+            ])
+            np.savetxt(points, flat, fmt=fmt)
 
+
+def write_colmap_text(folder: str | os.PathLike, *args, overwrite: bool = False, **kwargs) -> Path:
+    """Write a COLMAP text model (:func:`colmap_into`, same arguments after ``folder``) as a whole
+    folder, atomically; an existing ``folder`` is replaced only with ``overwrite``."""
     folder = Path(folder)
     with atomic_dir(folder, overwrite=overwrite) as tmp:
-        for name, buffer in (("cameras.txt", cameras), ("images.txt", images), ("points3D.txt", points)):
-            (tmp / name).write_text(buffer.getvalue())
+        colmap_into(tmp, *args, **kwargs)
     return folder
 
 
@@ -346,20 +321,29 @@ def write_colmap_text(
 # --------------------------------------------------------------------------------------------
 
 
+def npz_into(handle, arrays: dict[str, np.ndarray], compress: bool = True) -> None:
+    """``arrays`` as an ``.npz`` archive (compressed by default) into ``handle``."""
+    (np.savez_compressed if compress else np.savez)(handle, **arrays)
+
+
 def write_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray], compress: bool = True) -> Path:
-    """Write ``arrays`` as an ``.npz`` archive (compressed by default), atomically."""
+    """Write ``arrays`` as an ``.npz`` archive (:func:`npz_into`), atomically."""
     path = Path(path)
     with atomic_write(path) as handle:
-        (np.savez_compressed if compress else np.savez)(handle, **arrays)
+        npz_into(handle, arrays, compress)
     return path
 
 
+def json_into(handle, data: object) -> None:
+    """``data`` as indented UTF-8 JSON into a binary ``handle``."""
+    handle.write((json.dumps(data, indent=2) + "\n").encode("utf-8"))
+
+
 def write_json(path: str | os.PathLike, data: object) -> Path:
-    """Write ``data`` as indented UTF-8 JSON, atomically."""
+    """Write ``data`` as indented UTF-8 JSON (:func:`json_into`), atomically."""
     path = Path(path)
-    with atomic_write(path, "w") as handle:
-        json.dump(data, handle, indent=2)
-        handle.write("\n")
+    with atomic_write(path) as handle:
+        json_into(handle, data)
     return path
 
 
@@ -453,8 +437,8 @@ def _camera_colour(i: int, count: int) -> tuple[float, float, float]:
     return (0.85, 0.15 + 0.35 * t, 0.1 + 0.8 * t)
 
 
-def render_preview(
-    path: str | os.PathLike,
+def preview_into(
+    handle,
     xyz: np.ndarray,
     rgb: np.ndarray,
     extrinsics: np.ndarray,
@@ -465,7 +449,7 @@ def render_preview(
     seed: int = 0,
     dpi: int = 100,
 ) -> Path:
-    """Write a PNG with three views of the coloured points and the cameras.
+    """A PNG with three views of the coloured points and the cameras, into ``handle``.
 
     1. a perspective splat (:func:`splat`) from behind and above the first camera, looking at the
        scene, with every camera's frustum drawn;
@@ -563,9 +547,12 @@ def render_preview(
 
     if title:
         fig.suptitle(title, fontsize=11)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi)
+    fig.savefig(handle, format="png", dpi=dpi)
+
+
+def render_preview(path: str | os.PathLike, *args, **kwargs) -> Path:
+    """Write the preview PNG of :func:`preview_into` (same arguments after ``path``) atomically."""
     path = Path(path)
     with atomic_write(path) as handle:
-        handle.write(buffer.getvalue())
+        preview_into(handle, *args, **kwargs)
     return path

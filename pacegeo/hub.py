@@ -29,7 +29,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from pacegeo.backbone import VGGT, VGGTConfig, config_from_dict, config_to_dict, vggt_1b
-from pacegeo.errors import CheckpointError
+from pacegeo.errors import CheckpointError, option
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ def _hub_file(repo_id: str, filenames: tuple[str, ...], cache_dir: str | Path | 
                     continue
                 raise CheckpointError(
                     f"could not download {what} from the hub ({type(err).__name__}: {str(err).splitlines()[0]}); "
-                    f"download {repo_id}/{filenames[0]} on a connected machine and pass its path with --model"
+                    f"download {repo_id}/{filenames[0]} on a connected machine and pass its path as {option('model')}"
                 ) from None
     hint = (
         f"run `huggingface-cli download {repo_id} {filenames[0]}` on a machine with network access "
@@ -138,6 +138,8 @@ def resolve_weights(name_or_path: str | Path, cache_dir: str | Path | None = Non
     if repo.count("/") == 1 and not text.endswith((".pt", ".pth", ".safetensors")):
         return _hub_file(repo, WEIGHT_FILES, cache_dir, f"hub model {repo}")
     known = sorted(set(bundled) | set(HUB_MODELS))
+    if os.sep in text or text.startswith(("~", ".")) or text.lower().endswith((".safetensors", ".pt", ".pth", ".bin")):
+        raise CheckpointError(f"model checkpoint {text} not found (known model names: {', '.join(known)})")
     raise CheckpointError(f"model {text!r} is neither a file nor a known model name (known: {', '.join(known)})")
 
 
@@ -181,8 +183,13 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             state = load_file(str(path))
         else:
             state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise CheckpointError(f"cannot read checkpoint {path}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from None
+    except MemoryError:
+        raise CheckpointError(f"not enough memory to read checkpoint {path}") from None
+    except OSError as err:
+        raise CheckpointError(f"cannot read checkpoint {path}: {err.strerror or type(err).__name__}") from None
+    except Exception:
+        kind = "safetensors" if path.suffix == ".safetensors" else "PyTorch weights (tensors only)"
+        raise CheckpointError(f"cannot read checkpoint {path}: not a valid {kind} file (corrupt, truncated or another format)") from None
     if isinstance(state, dict) and not any(isinstance(v, torch.Tensor) for v in state.values()):
         for key in ("model", "state_dict", "model_state_dict"):
             if isinstance(state.get(key), dict):
@@ -233,6 +240,15 @@ def load_backbone_state_dict(model: torch.nn.Module, state: dict[str, torch.Tens
     model.load_state_dict(state, strict=True)
 
 
+def check_finite(state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
+    """Raise :class:`CheckpointError` when a floating tensor of ``state`` holds NaN or infinity."""
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(
+            f"{source} holds NaN or infinite weights in {len(bad)} tensor(s) ({_summarise(bad, 3)}): the file is corrupt"
+        )
+
+
 def backbone_fingerprint(model: torch.nn.Module) -> str:
     """A short identity of a backbone's weights, stable under float16 storage.
 
@@ -281,6 +297,7 @@ def load_backbone(
         model = VGGT(config)
     model = model.to_empty(device="cpu")
     load_backbone_state_dict(model, state, source=str(path))
+    check_finite(state, str(path))
     # Non-persistent buffers are not in the state dict: rebuild them after to_empty().
     model.aggregator.reset_buffers()
     return model.to(device).eval()

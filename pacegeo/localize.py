@@ -61,7 +61,8 @@ import numpy as np
 import torch
 from scipy.spatial.transform import Rotation
 
-from pacegeo.errors import CheckpointError, InputError
+from pacegeo.errors import CheckpointError, InputError, option
+from pacegeo.options import check_count, check_seed
 from pacegeo.metrics import apply_sim3_to_c2w, invert_se3, rotation_angle_deg, sim3_matrix, to_4x4, umeyama
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -364,6 +365,8 @@ class MapStore:
         keep: fraction of patch tokens kept for the map's descriptors and reconstruction.
         chunk, overlap: chunking of the map reconstruction (``chunk=None``: one pass).
         source: the file it was loaded from ("" when built in memory); not saved.
+        input_paths: the frames and weights it was built from (when built here); not saved. A
+            save never writes over, or into, one of them.
     """
 
     descriptors: np.ndarray
@@ -384,6 +387,7 @@ class MapStore:
     chunk: int | None = None
     overlap: int = 0
     source: str = field(default="", compare=False)
+    input_paths: tuple = field(default=(), compare=False)
 
     def __post_init__(self) -> None:
         m = len(self.names)
@@ -439,7 +443,7 @@ class MapStore:
             name = pipeline.model.name if pipeline.model is not None else pipeline.config.name
             raise InputError(
                 f"{where} was built with model {self.model} (fingerprint {self.model_fingerprint}), but the loaded "
-                f"model {name} has fingerprint {current}; localize with --model {self.model} or rebuild the map"
+                f"model {name} has fingerprint {current}; localize with {option('model')} {self.model} or rebuild the map"
             )
 
     def image_tensors(self, indices) -> torch.Tensor:
@@ -466,13 +470,15 @@ class MapStore:
             "overlap": int(self.overlap),
         }
 
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write the map to one ``.npz`` archive at ``path`` (atomic; ``.pgmap`` by convention)."""
-        from pacegeo.export import write_npz
+    def save(self, path: str | os.PathLike, overwrite: bool = True) -> Path:
+        """Write the map to one ``.npz`` archive at ``path`` (``.pgmap`` by convention), atomically.
 
-        path = Path(path).expanduser()
-        if not path.parent.is_dir():
-            raise InputError(f"output folder {path.parent} does not exist")
+        ``path`` may not be, or lie inside, one of :attr:`input_paths` (the frames and weights the
+        map was built from); an existing file is replaced only with ``overwrite``.
+        """
+        from pacegeo.export import npz_into
+        from pacegeo.io.outputs import OutputSet, OutputSpec
+
         arrays = {
             "descriptors": self.descriptors.astype(np.float32),
             "names": np.asarray(self.names, dtype=np.str_),
@@ -484,12 +490,12 @@ class MapStore:
             "depth_median": self.depth_median.astype(np.float64),
             "meta": np.asarray(json.dumps(self.meta())),
         }
-        try:
-            write_npz(path, arrays, compress=True)
-        except OSError as err:
-            raise InputError(f"cannot write map {path}: {err.strerror or err}") from None
-        logger.info("wrote a map of %d frames to %s", len(self), path)
-        return path
+        spec = OutputSpec(Path(path), what="map")
+        with OutputSet([spec], self.input_paths, overwrite) as outputs:
+            with open(outputs.staged(spec), "wb") as handle:
+                npz_into(handle, arrays)
+        logger.info("wrote a map of %d frames to %s", len(self), spec.path)
+        return spec.path
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "MapStore":
@@ -510,8 +516,12 @@ class MapStore:
                 arrays = {k: data[k] for k in data.files if k != "meta"}
         except InputError:
             raise
-        except Exception as err:  # zip, pickle, OS and value errors of a file that is not an archive
-            raise InputError(f"{path} is not a pacegeo map: {type(err).__name__}: {err}") from None
+        except OSError as err:
+            raise InputError(f"cannot read map {path}: {err.strerror or type(err).__name__}") from None
+        except MemoryError:
+            raise InputError(f"not enough memory to read map {path}") from None
+        except Exception:  # zip, pickle and value errors of a file that is not a map archive
+            raise InputError(f"{path} is not a pacegeo map (corrupt, truncated or another kind of file)") from None
         try:
             return cls(
                 descriptors=arrays["descriptors"].astype(np.float32),
@@ -598,14 +608,6 @@ def _model_label(pipeline: "Pipeline") -> str:
     return str(candidate.resolve()) if candidate.exists() else name
 
 
-def _check_positive(value, what: str) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or int(value) < 1:
-        raise InputError(f"{what} must be a positive integer, got {value!r}")
-    return int(value)
-
-
 def build_map(
     pipeline: "Pipeline",
     frames,
@@ -636,8 +638,9 @@ def build_map(
     from pacegeo.pipeline import PreparedInputs, _progress, _progress_enabled, check_keep
 
     keep = check_keep(keep)
-    chunk = _check_positive(chunk, "chunk")
-    overlap = _check_positive(overlap, "overlap")
+    seed = check_seed(seed)
+    chunk = check_count(chunk, "chunk")
+    overlap = check_count(overlap, "overlap")
     prepared = frames if isinstance(frames, PreparedInputs) else pipeline.prepare(frames, progress=progress)
     count = len(prepared)
     spans = chunk_spans(count, chunk, overlap)
@@ -692,6 +695,7 @@ def build_map(
         keep=keep,
         chunk=chunk if len(spans) > 1 else None,
         overlap=used_overlap,
+        input_paths=tuple(prepared.paths) + tuple(pipeline.weight_paths),
     )
     logger.info("built a map of %d frames in %d reconstruction(s), descriptors %s", count, len(spans), vpr_identity)
     return store
@@ -840,7 +844,8 @@ def localize(
 
     store = load_map(store)
     keep = check_keep(keep)
-    top_k = _check_positive(top_k, "top_k")
+    seed = check_seed(seed)
+    top_k = check_count(top_k, "top_k")
     store.check_model(pipeline)
     store, extractor = _map_descriptors(pipeline, store)
     queries = prepare_inputs(query_images, store.preprocess_mode, store.target_size, progress=progress)

@@ -20,6 +20,7 @@ The backbone is frozen (``requires_grad`` off, always in eval mode) and never mo
 """
 
 import contextlib
+import contextvars
 import json
 import logging
 import time
@@ -59,6 +60,20 @@ PRUNER_FORMAT = "pacegeo-pruner/1"
 STAGES = ("embed", "scorer", "select", "aa", "restoration", "heads")
 
 
+_STAGE_LISTENER: contextvars.ContextVar = contextvars.ContextVar("pacegeo_stage_listener", default=None)
+
+
+@contextlib.contextmanager
+def listen_stages(callback):
+    """Call ``callback(stage)`` each time an enabled :class:`StageClock` finishes a stage inside
+    this block (progress display of long forward passes)."""
+    token = _STAGE_LISTENER.set(callback)
+    try:
+        yield
+    finally:
+        _STAGE_LISTENER.reset(token)
+
+
 class StageClock:
     """Wall-clock time per stage; synchronises CUDA at every mark. Disabled: does nothing."""
 
@@ -80,6 +95,9 @@ class StageClock:
         now = self._now()
         self.times[stage] = self.times.get(stage, 0.0) + now - self._last
         self._last = now
+        listener = _STAGE_LISTENER.get()
+        if listener is not None:
+            listener(stage)
 
 
 def resolve_amp_dtype(amp_dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype | None:

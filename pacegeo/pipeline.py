@@ -36,7 +36,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pacegeo.errors import CheckpointError, InputError
+from pacegeo.errors import CheckpointError, InputError, OutputError, option
+from pacegeo.options import check_count, check_keep, check_seed
 
 logger = logging.getLogger(__name__)
 
@@ -69,24 +70,6 @@ __all__ = [
 # --------------------------------------------------------------------------------------------
 
 
-def check_keep(keep: object) -> float:
-    """``keep`` as a float in ``(0, 1]``; anything else raises :class:`InputError`."""
-    if isinstance(keep, bool) or not isinstance(keep, (int, float, np.floating, np.integer)):
-        raise InputError(f"keep must be a number in (0, 1], got {keep!r}")
-    value = float(keep)
-    if not math.isfinite(value) or not 0.0 < value <= 1.0:
-        raise InputError(f"keep must be in (0, 1] (the fraction of patch tokens each frame keeps), got {keep!r}")
-    return value
-
-
-def _check_count(value: object, what: str) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or int(value) < 1:
-        raise InputError(f"{what} must be a positive integer, got {value!r}")
-    return int(value)
-
-
 def select_frames(count: int, frames: int | None = None, stride: int | None = None) -> list[int]:
     """Indices of the frames to use out of ``count``.
 
@@ -94,10 +77,10 @@ def select_frames(count: int, frames: int | None = None, stride: int | None = No
     them when ``N >= count``). ``stride=K``: every ``K``-th frame from the first. At most one of the
     two may be given; neither keeps all frames.
     """
-    frames = _check_count(frames, "frames")
-    stride = _check_count(stride, "stride")
+    frames = check_count(frames, "frames")
+    stride = check_count(stride, "stride")
     if frames is not None and stride is not None:
-        raise InputError("give either frames or stride, not both")
+        raise InputError(f"give either {option('frames')} or {option('stride')}, not both")
     if count <= 0:
         return []
     if frames is not None:
@@ -182,11 +165,16 @@ def resolve_model(model: str | os.PathLike | ModelChoice = "auto") -> ModelChoic
             raise CheckpointError(
                 "no model available: VGGT-1B is not in the local Hugging Face cache and the bundled "
                 f"pacegeo-tiny is missing from {checkpoints_dir()}; run `huggingface-cli download "
-                "facebook/VGGT-1B model.safetensors` or pass a checkpoint with --model"
+                f"facebook/VGGT-1B model.safetensors` or pass a checkpoint as {option('model')}"
             )
     path = resolve_weights(name)
     size, mode = _preprocess_metadata(path)
     return ModelChoice(name=name, path=path, target_size=size, preprocess_mode=mode, notice=notice)
+
+
+def _looks_like_path(text: str) -> bool:
+    """Whether a model or pruner argument names a file (a separator or a weight-file suffix)."""
+    return os.sep in text or text.startswith(("~", ".")) or text.lower().endswith((".safetensors", ".pt", ".pth", ".bin"))
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -203,7 +191,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
             raise InputError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
     if resolved.type == "cuda":
         if not torch.cuda.is_available():
-            raise InputError(f"device {device} requested but CUDA is not available here; use --device cpu")
+            raise InputError(f"device {device} requested but CUDA is not available here; use {option('device_cpu')}")
         if resolved.index is not None and resolved.index >= torch.cuda.device_count():
             raise InputError(f"device {device} does not exist ({torch.cuda.device_count()} CUDA devices)")
     elif resolved.type != "cpu":
@@ -250,6 +238,8 @@ class PreparedInputs:
         names: unique frame names (file names; for a video ``<stem>_<ms>ms.png``).
         skipped: ``(source, reason)`` of inputs that could not be read and were left out.
         source: a description of the input (folder, video or list).
+        paths: the files and folders read (the folder, video or image files; none for arrays):
+            no output of a reconstruction from them may replace or lie inside one of them.
         mode, target_size: preprocessing used.
         seconds: time spent reading and preprocessing.
     """
@@ -262,6 +252,7 @@ class PreparedInputs:
     mode: str = "crop"
     target_size: int = 518
     seconds: float = 0.0
+    paths: list[Path] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.names)
@@ -335,6 +326,21 @@ def _input_items(inputs, fps: float | None) -> tuple[str, object, str]:
     if isinstance(inputs, (np.ndarray, torch.Tensor, Image.Image)):
         return "arrays", [inputs], "the image"
     raise InputError(f"cannot reconstruct from a {type(inputs).__name__}; give a folder, a video, files or arrays")
+
+
+def _input_paths(inputs, kind: str, items) -> list[Path]:
+    """What ``inputs`` reads from disk: the folder or video as given, or the image files."""
+    if isinstance(inputs, (str, os.PathLike)):
+        return [Path(inputs).expanduser()]
+    if kind == "files":
+        return [Path(item).expanduser() for item in items]
+    return []
+
+
+def input_paths(inputs, fps: float | None = None) -> list[Path]:
+    """The files and folders a reconstruction of ``inputs`` reads (checked like :func:`check_input`)."""
+    kind, items, _ = _input_items(inputs, fps)
+    return _input_paths(inputs, kind, items)
 
 
 def check_input(inputs, fps: float | None = None) -> str:
@@ -440,6 +446,7 @@ def prepare_inputs(
         mode=mode,
         target_size=target_size,
         seconds=time.perf_counter() - start,
+        paths=_input_paths(inputs, kind, items),
     )
 
 
@@ -609,7 +616,9 @@ class Reconstruction:
         peak_memory: peak bytes (CUDA: allocated by PyTorch during inference; CPU: the process's
             peak resident set size).
         memory_estimate: the preflight estimate (bytes) for this run.
-        files_written: paths written by the ``save_*`` methods, in order.
+        files_written: paths written by :meth:`export` and the ``save_*`` methods, in order.
+        input_paths: what the reconstruction was made from (image files or folder, video, model and
+            pruner weights): no output may replace, contain or lie inside one of them.
     """
 
     depth: np.ndarray
@@ -637,6 +646,7 @@ class Reconstruction:
     preprocess_mode: str = "crop"
     skipped: list = field(default_factory=list)
     files_written: list = field(default_factory=list)
+    input_paths: list = field(default_factory=list)
 
     # -- basic properties -------------------------------------------------------------------------
 
@@ -668,10 +678,6 @@ class Reconstruction:
         if "kept_per_frame" in self.pruning:
             return [int(k) for k in self.pruning["kept_per_frame"]]
         return [self.tokens_per_frame] * len(self)
-
-    def _add_export_time(self, seconds: float, path: Path) -> None:
-        self.timings["export"] = self.timings.get("export", 0.0) + seconds
-        self.files_written.append(Path(path))
 
     # -- points -----------------------------------------------------------------------------------
 
@@ -730,7 +736,8 @@ class Reconstruction:
         xyz = points[mask].astype(np.float32)
         rgb = self.colors[mask]
         scores = conf[mask].astype(np.float32)
-        max_points = _check_count(max_points, "max_points")
+        max_points = check_count(max_points, "max_points")
+        seed = check_seed(seed)
         if max_points is not None and len(xyz) > max_points:
             chosen = np.sort(np.random.default_rng(seed).choice(len(xyz), size=max_points, replace=False))
             xyz, rgb, scores = xyz[chosen], rgb[chosen], scores[chosen]
@@ -739,38 +746,23 @@ class Reconstruction:
     def _points_for_export(self, **kwargs):
         xyz, rgb, conf = self.point_cloud(return_conf=True, **kwargs)
         if len(xyz) == 0:
-            _, all_conf = self._source(kwargs.get("source", "depth"))
-            valid = all_conf[self.valid_mask]
+            points, all_conf = self._source(kwargs.get("source", "depth"))
+            finite = np.isfinite(all_conf) & np.isfinite(points).all(axis=-1)
+            if not finite[self.valid_mask].any():
+                raise InputError(
+                    "the model predicted no finite values (NaN or infinity everywhere): its weights are "
+                    f"probably corrupt; check the checkpoint ({self.model_name or 'the model'})"
+                )
+            valid = all_conf[self.valid_mask & finite]
             best = f"{float(valid.max()):.3g}" if valid.size else "n/a"
             threshold = kwargs.get("conf_threshold", DEFAULT_CONF_THRESHOLD)
             raise InputError(
                 f"no points pass the confidence filter (threshold {threshold}, highest confidence {best}); "
-                "lower the threshold (--conf) or keep a share of the points (--conf-percentile 50)"
+                f"lower the threshold ({option('conf')}) or keep a share of the points ({option('conf_percentile_50')})"
             )
         return xyz, rgb, conf
 
     # -- writers ----------------------------------------------------------------------------------
-
-    def save_ply(self, path: str | os.PathLike, **point_kwargs) -> Path:
-        """Write the coloured point cloud (:meth:`point_cloud` arguments) as a binary PLY, OpenCV world frame."""
-        from pacegeo.export import write_ply
-
-        start = time.perf_counter()
-        xyz, rgb, _ = self._points_for_export(**point_kwargs)
-        path = write_ply(path, xyz, rgb)
-        self._add_export_time(time.perf_counter() - start, path)
-        return path
-
-    def save_glb(self, path: str | os.PathLike, **point_kwargs) -> Path:
-        """Write a GLB scene: coloured points plus a wireframe frustum per camera, converted from
-        OpenCV to glTF's y-up convention."""
-        from pacegeo.export import write_glb
-
-        start = time.perf_counter()
-        xyz, rgb, _ = self._points_for_export(**point_kwargs)
-        path = write_glb(path, xyz, rgb, self.extrinsics, self.intrinsics, self.inference_hw, self.frame_names)
-        self._add_export_time(time.perf_counter() - start, path)
-        return path
 
     def colmap_intrinsics(self) -> np.ndarray:
         """``[S, 3, 3]`` intrinsics in original-image pixels, COLMAP convention (top-left pixel centre at 0.5)."""
@@ -778,31 +770,6 @@ class Reconstruction:
         k[:, 0, 2] += 0.5
         k[:, 1, 2] += 0.5
         return k
-
-    def save_colmap(self, folder: str | os.PathLike, overwrite: bool = False, **point_kwargs) -> Path:
-        """Write a COLMAP text model (cameras.txt, images.txt, points3D.txt) into ``folder``.
-
-        One PINHOLE camera per frame in original-image pixels; poses are world-to-camera (qvec
-        wxyz, tvec); points carry RGB and an error of ``1 / confidence`` and no tracks. An existing
-        folder is replaced only with ``overwrite``.
-        """
-        from pacegeo.export import write_colmap_text
-
-        start = time.perf_counter()
-        xyz, rgb, conf = self._points_for_export(**point_kwargs)
-        folder = write_colmap_text(
-            folder,
-            self.extrinsics,
-            self.colmap_intrinsics(),
-            self.image_size,
-            self.frame_names,
-            xyz,
-            rgb,
-            errors=1.0 / np.maximum(conf, 1e-6),
-            overwrite=overwrite,
-        )
-        self._add_export_time(time.perf_counter() - start, folder)
-        return folder
 
     def arrays(self) -> dict[str, np.ndarray]:
         """Everything as numpy arrays (the content of :meth:`save_npz`)."""
@@ -823,15 +790,6 @@ class Reconstruction:
             "kept_per_frame": np.array(self.kept_per_frame, dtype=np.int64),
             "tokens_per_frame": np.int64(self.tokens_per_frame),
         }
-
-    def save_npz(self, path: str | os.PathLike) -> Path:
-        """Write :meth:`arrays` as a compressed ``.npz`` (``np.load(path)``; names are a str array)."""
-        from pacegeo.export import write_npz
-
-        start = time.perf_counter()
-        path = write_npz(path, self.arrays())
-        self._add_export_time(time.perf_counter() - start, path)
-        return path
 
     def cameras_json(self) -> dict[str, dict]:
         """Per frame name: ``extrinsic`` (3x4 OpenCV world-to-camera), ``intrinsic`` (3x3 in
@@ -857,41 +815,143 @@ class Reconstruction:
             }
         return out
 
+    def export(
+        self,
+        targets: dict[str, str | os.PathLike],
+        overwrite: bool = False,
+        progress: bool | None = None,
+        render_points: int = 150_000,
+        **point_kwargs,
+    ) -> dict[str, Path]:
+        """Write several outputs at once, all or nothing.
+
+        Args:
+            targets: format -> path, formats from :data:`EXPORT_FORMATS`: ``ply`` (binary point
+                cloud), ``glb`` (points and camera frustums), ``colmap`` (a folder of COLMAP text
+                files), ``npz`` (:meth:`arrays`), ``cameras`` (:meth:`cameras_json`), ``preview`` (PNG).
+            overwrite: replace outputs that exist.
+            progress: a progress bar over the outputs on stderr (None: when stderr is a terminal).
+            render_points: points drawn in the preview.
+            point_kwargs: the point filter of :meth:`point_cloud` (confidence, source, max_points, seed).
+
+        Every output is checked first (:func:`pacegeo.io.outputs.check_outputs`): none may be,
+        contain or lie inside one of :attr:`input_paths`, whatever ``overwrite`` says. The files
+        are written under temporary names and moved into place together: if anything fails (disk
+        full, out of memory), none appears and existing files are untouched.
+
+        Returns:
+            format -> the path written.
+
+        Raises:
+            OutputError: a refused or failed output (nothing written).
+            InputError: an unknown format, or no points pass the filter.
+        """
+        from pacegeo.io.outputs import OutputSet
+
+        unknown = sorted(set(targets) - set(EXPORT_FORMATS))
+        if unknown:
+            raise InputError(f"unknown export format {unknown[0]!r}; choose from {', '.join(EXPORT_FORMATS)}")
+        specs = {fmt: export_spec(fmt, path) for fmt, path in targets.items()}
+        start = time.perf_counter()
+        with OutputSet(list(specs.values()), self.input_paths, overwrite) as outputs:
+            points = None
+            if {"ply", "glb", "colmap"} & set(specs):
+                points = self._points_for_export(**point_kwargs)
+            for fmt in _progress(list(specs), _progress_enabled(progress), desc="writing", unit="file"):
+                staged = outputs.staged(specs[fmt])
+                if fmt == "colmap":
+                    self._write(fmt, staged, points, render_points, point_kwargs)
+                    continue
+                with open(staged, "wb") as handle:
+                    self._write(fmt, handle, points, render_points, point_kwargs)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+        written = {fmt: spec.path for fmt, spec in specs.items()}
+        self.timings["export"] = self.timings.get("export", 0.0) + time.perf_counter() - start
+        self.files_written.extend(written.values())
+        return written
+
+    def _write(self, fmt: str, target, points, render_points: int, point_kwargs: dict) -> None:
+        """Stream format ``fmt`` into ``target`` (an open binary file; a folder for COLMAP)."""
+        from pacegeo import export
+
+        if fmt == "ply":
+            export.ply_into(target, points[0], points[1])
+        elif fmt == "glb":
+            export.glb_into(target, points[0], points[1], self.extrinsics, self.intrinsics, self.inference_hw, self.frame_names)
+        elif fmt == "colmap":
+            xyz, rgb, conf = points
+            export.colmap_into(
+                target, self.extrinsics, self.colmap_intrinsics(), self.image_size, self.frame_names, xyz, rgb,
+                errors=1.0 / np.maximum(conf, 1e-6),
+            )
+        elif fmt == "npz":
+            export.npz_into(target, self.arrays())
+        elif fmt == "cameras":
+            export.json_into(target, self.cameras_json())
+        elif fmt == "preview":
+            xyz, rgb = self.point_cloud(**point_kwargs)
+            kept = self.kept_per_frame
+            title = (
+                f"{len(self)} frames, {Path(self.model_name).name or 'model'}, keep {self.keep:g} "
+                f"({kept[-1] if kept else 0}/{self.tokens_per_frame} tokens per frame), {len(xyz):,} points"
+            )
+            export.preview_into(
+                target, xyz, rgb, self.extrinsics, self.intrinsics, self.inference_hw, title=title,
+                max_points=render_points, seed=int(point_kwargs.get("seed", 0)),
+            )
+
+    def save_ply(self, path: str | os.PathLike, **point_kwargs) -> Path:
+        """Write the coloured point cloud (:meth:`point_cloud` arguments) as a binary PLY, OpenCV
+        world frame; an existing file is replaced (see :meth:`export` for the checks)."""
+        return self.export({"ply": path}, overwrite=True, progress=False, **point_kwargs)["ply"]
+
+    def save_glb(self, path: str | os.PathLike, **point_kwargs) -> Path:
+        """Write a GLB scene: coloured points plus a wireframe frustum per camera, converted from
+        OpenCV to glTF's y-up convention; an existing file is replaced."""
+        return self.export({"glb": path}, overwrite=True, progress=False, **point_kwargs)["glb"]
+
+    def save_colmap(self, folder: str | os.PathLike, overwrite: bool = False, **point_kwargs) -> Path:
+        """Write a COLMAP text model (cameras.txt, images.txt, points3D.txt) into ``folder``.
+
+        One PINHOLE camera per frame in original-image pixels; poses are world-to-camera (qvec
+        wxyz, tvec); points carry RGB and an error of ``1 / confidence`` and no tracks. An existing
+        folder is replaced only with ``overwrite``.
+        """
+        return self.export({"colmap": folder}, overwrite=overwrite, progress=False, **point_kwargs)["colmap"]
+
+    def save_npz(self, path: str | os.PathLike) -> Path:
+        """Write :meth:`arrays` as a compressed ``.npz`` (``np.load(path)``; names are a str array)."""
+        return self.export({"npz": path}, overwrite=True, progress=False)["npz"]
+
     def save_cameras_json(self, path: str | os.PathLike) -> Path:
         """Write :meth:`cameras_json` as indented JSON."""
-        from pacegeo.export import write_json
-
-        start = time.perf_counter()
-        path = write_json(path, self.cameras_json())
-        self._add_export_time(time.perf_counter() - start, path)
-        return path
+        return self.export({"cameras": path}, overwrite=True, progress=False)["cameras"]
 
     def save_preview(self, path: str | os.PathLike, render_points: int = 150_000, **point_kwargs) -> Path:
         """Write a PNG with a perspective splat, a top and a side view of the coloured points
         (:meth:`point_cloud` arguments; at most ``render_points`` drawn), with the cameras drawn
-        (:func:`pacegeo.export.render_preview`)."""
-        from pacegeo.export import render_preview
+        (:func:`pacegeo.export.preview_into`)."""
+        return self.export({"preview": path}, overwrite=True, progress=False, render_points=render_points, **point_kwargs)["preview"]
 
-        start = time.perf_counter()
-        xyz, rgb = self.point_cloud(**point_kwargs)
-        kept = self.kept_per_frame
-        title = (
-            f"{len(self)} frames, {Path(self.model_name).name or 'model'}, keep {self.keep:g} "
-            f"({kept[-1] if kept else 0}/{self.tokens_per_frame} tokens per frame), {len(xyz):,} points"
-        )
-        path = render_preview(
-            path,
-            xyz,
-            rgb,
-            self.extrinsics,
-            self.intrinsics,
-            self.inference_hw,
-            title=title,
-            max_points=render_points,
-            seed=int(point_kwargs.get("seed", 0)),
-        )
-        self._add_export_time(time.perf_counter() - start, path)
-        return path
+
+#: Export formats: name -> (kind, suffix, what messages call it).
+EXPORT_FORMATS: dict[str, tuple[str, str, str]] = {
+    "ply": ("file", ".ply", "point cloud"),
+    "glb": ("file", ".glb", "GLB scene"),
+    "colmap": ("folder", "", "COLMAP folder"),
+    "npz": ("file", ".npz", "array file"),
+    "cameras": ("file", ".json", "camera file"),
+    "preview": ("file", ".png", "preview"),
+}
+
+
+def export_spec(fmt: str, path: str | os.PathLike):
+    """The :class:`pacegeo.io.outputs.OutputSpec` of writing format ``fmt`` to ``path``."""
+    from pacegeo.io.outputs import OutputSpec
+
+    kind, suffix, what = EXPORT_FORMATS[fmt]
+    return OutputSpec(Path(path), kind=kind, suffixes=(suffix,) if suffix else (), what=what)
 
 
 # --------------------------------------------------------------------------------------------
@@ -899,7 +959,8 @@ class Reconstruction:
 # --------------------------------------------------------------------------------------------
 
 
-def _peak_rss_bytes() -> int:
+def peak_rss_bytes() -> int:
+    """The process's peak resident set size so far, in bytes."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak if sys.platform == "darwin" else peak * 1024)
 
@@ -925,6 +986,7 @@ class Pipeline:
         model: ModelChoice | None = None,
         notice: str | None = None,
         load_seconds: float = 0.0,
+        pruner_path: Path | None = None,
     ) -> None:
         self.backbone = backbone
         self.pruner = pruner
@@ -935,11 +997,18 @@ class Pipeline:
         self.model = model
         self.notice = notice
         self.load_seconds = float(load_seconds)
+        self.pruner_path = None if pruner_path is None else Path(pruner_path)
         self.map_store = None  # the map of the last build_map / load_map, for localize
 
     @property
     def config(self):
         return self.backbone.config
+
+    @property
+    def weight_paths(self) -> list[Path]:
+        """The weight files this pipeline was loaded from (backbone, pruner)."""
+        paths = [] if self.model is None else [Path(self.model.path)]
+        return paths + ([self.pruner_path] if self.pruner_path is not None else [])
 
     @property
     def pruner_mode(self) -> str | None:
@@ -986,7 +1055,7 @@ class Pipeline:
         backbone = load_backbone(choice.path, device=resolved_device)
         backbone.requires_grad_(False)
 
-        pace = None
+        pace, pruner_path = None, None
         text = None if pruner is None else str(pruner)
         if text is not None and text.lower() != "none":
             from pacegeo.pace import MODES, PaceVGGT, load_pruner
@@ -994,13 +1063,17 @@ class Pipeline:
             if text == "auto":
                 bundled = checkpoints_dir() / f"{backbone.config.name}-pruner.safetensors"
                 if bundled.is_file():
+                    pruner_path = bundled
                     pace = load_pruner(bundled, backbone, amp_dtype=amp)
                 else:
                     pace = PaceVGGT(backbone, mode="training-free", amp_dtype=amp)
             elif text in MODES and text != "learned":
                 pace = PaceVGGT(backbone, mode=text, amp_dtype=amp)
             elif Path(text).expanduser().is_file():
-                pace = load_pruner(Path(text).expanduser(), backbone, amp_dtype=amp)
+                pruner_path = Path(text).expanduser()
+                pace = load_pruner(pruner_path, backbone, amp_dtype=amp)
+            elif _looks_like_path(text):
+                raise CheckpointError(f"pruner checkpoint {text} not found")
             else:
                 raise InputError(
                     f"unknown pruner {text!r}; use auto, training-free, random, grid, none or a pruner checkpoint file"
@@ -1016,6 +1089,7 @@ class Pipeline:
             model=choice,
             notice=choice.notice,
             load_seconds=time.perf_counter() - start,
+            pruner_path=pruner_path,
         )
 
     # -- memory -----------------------------------------------------------------------------------
@@ -1113,8 +1187,7 @@ class Pipeline:
             InputError: bad inputs or options, or not enough memory (the message says what fits).
         """
         keep = check_keep(keep)
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-            raise InputError(f"seed must be an integer, got {seed!r}")
+        seed = check_seed(seed)
         if self.pruner is None and keep < 1.0:
             raise InputError(f"keep {keep:g} needs a pruner, but this pipeline was loaded with pruner='none'; use keep=1")
         if isinstance(images_or_paths_or_folder, PreparedInputs):
@@ -1127,7 +1200,7 @@ class Pipeline:
 
         try:
             with torch.inference_mode():
-                out, seconds, stage_times, peak, peak_kind = self._forward(prepared.images, keep, int(seed))
+                out, seconds, stage_times, peak, peak_kind = self._forward(prepared.images, keep, seed, progress)
                 rec = self._to_reconstruction(prepared, out, keep)
         except (torch.OutOfMemoryError, MemoryError, RuntimeError) as err:
             text = str(err)
@@ -1137,7 +1210,7 @@ class Pipeline:
                 torch.cuda.empty_cache()
             raise InputError(
                 f"ran out of memory on {self.device} during inference ({frames_count} frames at "
-                f"{image_hw[1]}x{image_hw[0]}, keep {keep:g}); try a lower keep or fewer frames (--frames/--stride)"
+                f"{image_hw[1]}x{image_hw[0]}, keep {keep:g}); try a lower {option('keep')} or fewer frames ({option('frames_or_stride')})"
             ) from None
         rec.timings = {
             "load": self.load_seconds,
@@ -1149,15 +1222,22 @@ class Pipeline:
         rec.peak_memory, rec.peak_memory_kind, rec.memory_estimate = peak, peak_kind, estimate.total
         return rec
 
-    def _forward(self, images: torch.Tensor, keep: float, seed: int):
-        from pacegeo.pace import StageClock, backbone_forward_staged
+    def _forward(self, images: torch.Tensor, keep: float, seed: int, progress: bool | None = None):
+        from pacegeo.pace import STAGES, StageClock, backbone_forward_staged, listen_stages
 
         device = self.device
         batch = images.to(device, non_blocking=True)[None]
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         fork_devices = [device.index or 0] if device.type == "cuda" else []
-        with torch.random.fork_rng(devices=fork_devices):
+        stages = len(STAGES) if self.pruner is not None and keep < 1.0 else 3
+        bar = _progress(None, _progress_enabled(progress), total=stages, desc="inference", unit="stage")
+
+        def finished(stage: str) -> None:
+            bar.update(1)
+            bar.set_postfix_str(stage)
+
+        with bar, listen_stages(finished), torch.random.fork_rng(devices=fork_devices):
             torch.manual_seed(seed)
             start = time.perf_counter()
             if self.pruner is not None:
@@ -1173,7 +1253,7 @@ class Pipeline:
         if device.type == "cuda":
             peak, kind = int(torch.cuda.max_memory_allocated(device)), "CUDA allocated"
         else:
-            peak, kind = _peak_rss_bytes(), "process RSS"
+            peak, kind = peak_rss_bytes(), "process RSS"
         stage_times = dict(out.get("pruning", {}).get("timings", {}))
         return out, seconds, stage_times, peak, kind
 
@@ -1229,6 +1309,7 @@ class Pipeline:
             dtype=str(self.amp_dtype).replace("torch.", "") if self.amp_dtype is not None else "float32",
             preprocess_mode=prepared.mode,
             skipped=list(prepared.skipped),
+            input_paths=[*prepared.paths, *self.weight_paths],
         )
 
     # -- localization -----------------------------------------------------------------------------

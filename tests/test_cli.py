@@ -292,12 +292,15 @@ def test_usage_errors_are_one_line_too(options, fragment, work, capsys):
     assert list((work / "out").iterdir()) == []
 
 
-def test_unwritable_output_folder(work, model_path, capsys, monkeypatch):
-    real_access = os.access
-    monkeypatch.setattr(os, "access", lambda path, mode: False if Path(path) == work / "out" else real_access(path, mode))
-    code, _, err = run(["reconstruct", work / "frames", "-o", work / "out" / "scene.ply", "--model", model_path], capsys)
-    assert_one_line_error(code, err, "is not writable")
-    assert list((work / "out").iterdir()) == []
+def test_unwritable_output_folder_is_refused_before_any_work(work, model_path, capsys, monkeypatch):
+    import pacegeo.pipeline
+
+    def no_inference(*args, **kwargs):
+        raise AssertionError("inference ran before the output was checked")
+
+    monkeypatch.setattr(pacegeo.pipeline.Pipeline, "from_pretrained", no_inference)
+    code, _, err = run(["reconstruct", work / "frames", "-o", "/proc/scene.ply", "--model", model_path], capsys)
+    assert_one_line_error(code, err, "no file can be created in /proc")
 
 
 @pytest.mark.parametrize("existing", ["scene.ply", "scene.glb", "scene_colmap", "scene.npz", "scene_cameras.json", "preview.png"])

@@ -241,7 +241,7 @@ def test_cli_map_refuses_existing_output(model_path, frames, tmp_path, capsys):
     code, _, err = run(["map", frames, "-o", out, "--model", model_path], capsys)
     assert_one_line_error(code, err, "already exists")
     code, _, err = run(["map", frames, "-o", tmp_path / "room.npz", "--model", model_path], capsys)
-    assert_one_line_error(code, err, "must be a .pgmap file")
+    assert_one_line_error(code, err, "must end in .pgmap")
     code, _, err = run(["map", tmp_path / "nothing", "-o", tmp_path / "new.pgmap"], capsys)
     assert_one_line_error(code, err, "input not found")
 

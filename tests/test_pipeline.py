@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from pacegeo.backbone import VGGT, tiny
-from pacegeo.errors import CheckpointError, InputError
+from pacegeo.errors import CheckpointError, InputError, OutputError
 from pacegeo.hub import load_backbone
 from pacegeo.io.images import load_images
 from pacegeo.pipeline import (
@@ -370,42 +370,36 @@ def test_a_failing_writer_leaves_no_file(rec, tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(np, "savez_compressed", broken_savez)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(OutputError, match="disk full"):
         rec.save_npz(tmp_path / "scene.npz")
     assert list(tmp_path.iterdir()) == []
 
     # An existing file keeps its content.
     (tmp_path / "scene.npz").write_bytes(b"old")
-    with pytest.raises(OSError):
+    with pytest.raises(OutputError):
         rec.save_npz(tmp_path / "scene.npz")
     assert (tmp_path / "scene.npz").read_bytes() == b"old" and temp_leftovers(tmp_path) == []
 
 
 def test_a_failing_colmap_writer_leaves_no_folder(rec, tmp_path, monkeypatch):
-    import pathlib
+    def broken_savetxt(handle, *args, **kwargs):
+        handle.write("1 0.5 0.5 0.5 10 20 30 0.1\n")
+        raise OSError("disk full")
 
-    calls = []
-    original = pathlib.Path.write_text
-
-    def flaky(self, text, *args, **kwargs):
-        calls.append(self.name)
-        if self.name == "points3D.txt":
-            raise OSError("disk full")
-        return original(self, text, *args, **kwargs)
-
-    monkeypatch.setattr(pathlib.Path, "write_text", flaky)
-    with pytest.raises(OSError):
+    monkeypatch.setattr(np, "savetxt", broken_savetxt)
+    with pytest.raises(OutputError, match="disk full"):
         rec.save_colmap(tmp_path / "scene_colmap", conf_threshold=0)
-    assert "cameras.txt" in calls and list(tmp_path.iterdir()) == []
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_failing_ply_export_leaves_no_file(rec, tmp_path, monkeypatch):
-    import trimesh
+    import pacegeo.export
 
-    def broken(*args, **kwargs):
+    def broken(handle, *args, **kwargs):
+        handle.write(b"ply\n")
         raise RuntimeError("exporter failed")
 
-    monkeypatch.setattr(trimesh.exchange.ply, "export_ply", broken)
+    monkeypatch.setattr(pacegeo.export, "ply_into", broken)
     with pytest.raises(RuntimeError):
         rec.save_ply(tmp_path / "scene.ply", conf_threshold=0)
     assert list(tmp_path.iterdir()) == []

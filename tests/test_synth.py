@@ -189,17 +189,16 @@ def test_refuses_to_overwrite(dataset, tmp_path):
     assert not (tmp_path / "scene_00040" / "marker").exists()
 
 
-def test_interrupted_scene_is_not_complete(tmp_path, monkeypatch):
+def test_a_failed_run_leaves_no_scene_and_no_temporary_folder(tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError("disk full")
 
     monkeypatch.setattr(synth, "write_mesh_ply", boom)
     with pytest.raises(RuntimeError):
         synth.generate_dataset(tmp_path, 1, 2, 50, width=32, height=24, progress=False)
-    assert not (tmp_path / "scene_00050").exists()
-    assert (tmp_path / "scene_00050.tmp").exists()
+    assert list(tmp_path.iterdir()) == []  # no scene, no temporary folder
     monkeypatch.undo()
-    synth.generate_dataset(tmp_path, 1, 2, 50, width=32, height=24, progress=False)  # stale .tmp is replaced
+    synth.generate_dataset(tmp_path, 1, 2, 50, width=32, height=24, progress=False)
     assert (tmp_path / "scene_00050" / "pose" / "1.txt").is_file()
     assert not (tmp_path / "scene_00050.tmp").exists()
 

@@ -34,6 +34,7 @@ import shutil
 import sys
 from collections.abc import Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from functools import cached_property, lru_cache
 from pathlib import Path
@@ -48,7 +49,12 @@ from scipy.interpolate import CubicSpline, PchipInterpolator
 from scipy.spatial.transform import Rotation
 from tqdm import tqdm
 
-from pacegeo.errors import InputError
+from pacegeo.errors import InputError, OutputError, option
+from pacegeo.io.outputs import OutputSet, OutputSpec, describe_os_error
+from pacegeo.options import check_count, check_seed
+
+#: Limits of the generator's options (sides in pixels, frames per scene).
+MIN_SIDE, MAX_SIDE, MAX_FRAMES, MAX_SCENES = 16, 4096, 100_000, 100_000
 
 logger = logging.getLogger(__name__)
 
@@ -2141,7 +2147,7 @@ def _prepare_scene_dir(tmp: Path, K: np.ndarray) -> None:
 
 
 def _finish_scene(sp: _SceneProgress, config: SynthConfig, num_frames: int, width: int, height: int) -> None:
-    """Write the mesh and metadata of a fully rendered scene, then move it into place."""
+    """Write the mesh and metadata of a fully rendered scene (moved into place with the others)."""
     scene, _ = _cached_scene(sp.seed, config, num_frames)
     mesh = sp.mesh.subset(sp.seen) if config.mesh_observed_only else sp.mesh
     write_mesh_ply(mesh, sp.tmp / f"{sp.final.name}_vh_clean_2.ply")
@@ -2151,9 +2157,6 @@ def _finish_scene(sp: _SceneProgress, config: SynthConfig, num_frames: int, widt
         "pixel_centre": "pixel (u, v) has its centre at image coordinate (u, v)",
     }
     (sp.tmp / "synth_meta.json").write_text(json.dumps(meta, indent=1))
-    if sp.final.exists():
-        shutil.rmtree(sp.final)
-    os.replace(sp.tmp, sp.final)
 
 
 def generate_scenes(out_dir: str | os.PathLike, seeds: Sequence[int], num_frames: int, width: int = 640,
@@ -2166,24 +2169,55 @@ def generate_scenes(out_dir: str | os.PathLike, seeds: Sequence[int], num_frames
     """
     if not seeds:
         raise InputError("no scenes to generate")
-    if num_frames < 1:
-        raise InputError(f"number of frames must be at least 1, got {num_frames}")
-    if width < 16 or height < 16:
-        raise InputError(f"image size must be at least 16x16, got {width}x{height}")
-    if any(s < 0 for s in seeds):
-        raise InputError(f"seeds must be non-negative, got {min(seeds)}")
+    check_count(num_frames, "frames", maximum=MAX_FRAMES)
+    for value in (width, height):
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or not MIN_SIDE <= value <= MAX_SIDE:
+            raise InputError(f"image size ({option('size')}) must be from {MIN_SIDE}x{MIN_SIDE} to {MAX_SIDE}x{MAX_SIDE} pixels, got {width}x{height}")
+    for seed in seeds:
+        check_seed(seed)
     if len(set(seeds)) != len(seeds):
         raise InputError("seeds must be distinct (each seed is one scene folder)")
     cfg = config or SynthConfig()
-    out = Path(out_dir)
+    out = Path(out_dir).expanduser()
     if out.exists() and not out.is_dir():
-        raise InputError(f"output path {out} exists and is not a folder")
+        raise OutputError(f"output path {out} exists and is not a folder")
     names = [scene_name(s) for s in seeds]
-    existing = [n for n in names if (out / n).exists()]
-    if existing and not overwrite:
-        more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
-        raise InputError(f"scene folder {out / existing[0]} already exists{more}; use --overwrite to replace it")
-    out.mkdir(parents=True, exist_ok=True)
+    specs = [OutputSpec(out / n, kind="folder", what="scene folder") for n in names]
+    preview_spec = OutputSpec(out / "preview.png", suffixes=(".png",), what="preview") if preview else None
+    created = []  # folders made here, removed again if the run fails
+    try:
+        for folder in reversed([out, *out.parents]):
+            if not folder.exists():
+                folder.mkdir()
+                created.append(folder)
+    except OSError as err:
+        _remove_empty(created)
+        raise OutputError(f"cannot create output folder {out}: {describe_os_error(err)}") from None
+    try:
+        with OutputSet(specs + ([preview_spec] if preview_spec else []), (), overwrite) as outputs:
+            _render_scenes(outputs, specs, preview_spec, seeds, names, cfg, num_frames, width, height, preview,
+                           progress, workers)
+    except BrokenProcessPool:
+        _remove_empty(created)
+        raise OutputError("a rendering worker process died (out of memory?); nothing was written") from None
+    except BaseException:
+        _remove_empty(created)
+        raise
+    return [spec.path for spec in specs]
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    for folder in reversed(folders):
+        try:
+            folder.rmdir()
+        except OSError:
+            break
+
+
+def _render_scenes(outputs: OutputSet, specs: list[OutputSpec], preview_spec: OutputSpec | None, seeds: Sequence[int],
+                   names: list[str], cfg: SynthConfig, num_frames: int, width: int, height: int, preview: bool,
+                   progress: bool, workers: int | None) -> None:
+    """Render every scene into its staged folder of ``outputs`` (and the preview)."""
     n_workers = workers if workers is not None else _num_workers(len(seeds) * num_frames * width * height)
     if "fork" not in mp.get_all_start_methods():
         n_workers = 1
@@ -2191,9 +2225,9 @@ def generate_scenes(out_dir: str | os.PathLike, seeds: Sequence[int], num_frames
     thumb_frames = tuple(int(i) for i in np.linspace(0, num_frames - 1, min(4, num_frames)).round())
     scenes: dict[int, _SceneProgress] = {}
     jobs = []
-    for k, (seed, name) in enumerate(zip(seeds, names)):
+    for k, (seed, spec) in enumerate(zip(seeds, specs)):
         starts = range(0, num_frames, chunk)
-        scenes[seed] = _SceneProgress(seed, out / f"{name}.tmp", out / name, len(starts))
+        scenes[seed] = _SceneProgress(seed, outputs.staged(spec), spec.path, len(starts))
         for s0 in starts:
             idx = tuple(range(s0, min(num_frames, s0 + chunk)))
             want = tuple(i for i in idx if i in thumb_frames) if preview and k < 6 else ()
@@ -2207,7 +2241,6 @@ def generate_scenes(out_dir: str | os.PathLike, seeds: Sequence[int], num_frames
             _prepare_scene_dir(scenes[job.seed].tmp, scene_intrinsics(scene, width, height))
             prepared.add(job.seed)
 
-    paths = []
     with tqdm(total=len(seeds) * num_frames, disable=not progress, unit="frame", desc="synth") as bar:
         def collect(res: _ChunkResult) -> None:
             sp = scenes[res.seed]
@@ -2215,8 +2248,7 @@ def generate_scenes(out_dir: str | os.PathLike, seeds: Sequence[int], num_frames
             bar.update(len(res.indices))
             if sp.pending == 0:
                 _finish_scene(sp, cfg, num_frames, width, height)
-                paths.append(sp.final)
-                logger.info("wrote %s (%d frames)", sp.final, num_frames)
+                logger.info("rendered %s (%d frames)", sp.final, num_frames)
                 sp.mesh = sp.seen = None
 
         if n_workers <= 1:
@@ -2232,10 +2264,9 @@ def generate_scenes(out_dir: str | os.PathLike, seeds: Sequence[int], num_frames
                 except BaseException:
                     pool.shutdown(wait=True, cancel_futures=True)
                     raise
-    if preview:
+    if preview_spec is not None:
         thumbs = [(sp.final.name, [sp.thumbs[i] for i in sorted(sp.thumbs)]) for sp in scenes.values() if sp.thumbs]
-        write_preview(thumbs, out / "preview.png")
-    return sorted(paths, key=lambda p: names.index(p.name))
+        write_preview(thumbs, outputs.staged(preview_spec))
 
 
 def _ordered(pool: ProcessPoolExecutor, jobs: list[_ChunkJob], lookahead: int, before_submit):
@@ -2285,7 +2316,7 @@ def write_preview(rows: list[tuple[str, list[tuple[np.ndarray, np.ndarray]]]], p
     width = max(r.shape[1] for r in cells)
     sheet = np.concatenate([np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0)), constant_values=255)
                             for r in cells], 0)
-    Image.fromarray(sheet).save(path)
+    Image.fromarray(sheet).save(path, format="PNG")
 
 
 def generate_dataset(out_dir: str | os.PathLike, num_scenes: int, num_frames: int, seed: int, width: int = 640,
@@ -2303,9 +2334,11 @@ def generate_dataset(out_dir: str | os.PathLike, num_scenes: int, num_frames: in
         <scene>_vh_clean_2.ply        dense mesh with vertex colours (observed surfaces)
         synth_meta.json               seed, field of view, room size, generator settings
 
-    Pixel ``(u, v)`` has its centre at image coordinate ``(u, v)``. Each scene is written to
-    ``<scene>.tmp`` and renamed when complete, so an interrupted run never leaves a folder that
-    looks finished. Existing scenes raise :class:`InputError` unless ``overwrite``. With
+    Pixel ``(u, v)`` has its centre at image coordinate ``(u, v)``. The scenes are written under
+    temporary names and moved into place together when all are complete
+    (:class:`pacegeo.io.outputs.OutputSet`): a failed or interrupted run leaves no scene folder and
+    no temporary folder, and existing scenes untouched. Existing scenes raise
+    :class:`pacegeo.errors.OutputError` unless ``overwrite``. With
     ``preview``, ``out_dir/preview.png`` shows four frames (colour above depth) of up to six scenes.
 
     Args:
@@ -2321,9 +2354,7 @@ def generate_dataset(out_dir: str | os.PathLike, num_scenes: int, num_frames: in
     Returns:
         The scene folders, in seed order.
     """
-    if num_scenes < 1:
-        raise InputError(f"number of scenes must be at least 1, got {num_scenes}")
-    if seed < 0:
-        raise InputError(f"seed must be non-negative, got {seed}")
+    num_scenes = check_count(num_scenes, "scenes", maximum=MAX_SCENES)
+    seed = check_seed(seed, span=num_scenes)
     return generate_scenes(out_dir, [seed + i for i in range(num_scenes)], num_frames, width, height,
                            preview=preview, overwrite=overwrite, progress=progress)
