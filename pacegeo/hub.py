@@ -21,6 +21,7 @@ not build the track head.
 import json
 import logging
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -182,7 +183,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         if path.suffix == ".safetensors":
             state = load_file(str(path))
         else:
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # torch's advice on unsafe loading is not for our users
+                warnings.simplefilter("ignore")
+                state = torch.load(str(path), map_location="cpu", weights_only=True)
     except MemoryError:
         raise CheckpointError(f"not enough memory to read checkpoint {path}") from None
     except OSError as err:

@@ -226,7 +226,7 @@ BAD_CASES = {
     "output not a ply": (lambda w: ["-o", w / "out" / "scene.obj"], "output must be a .ply file"),
     "unknown export": (lambda w: ["--export", "glb,fbx"], "unknown export format 'fbx'"),
     "wrong architecture": (lambda w: ["--model", _wrong_architecture(w)], "does not match the model architecture"),
-    "missing checkpoint": (lambda w: ["--model", w / "missing.safetensors"], "neither a file nor a known model name"),
+    "missing checkpoint": (lambda w: ["--model", w / "missing.safetensors"], "missing.safetensors not found"),
     "keep without pruner": (lambda w: ["--pruner", "none", "--keep", "0.5"], "needs a pruner"),
     "unknown pruner": (lambda w: ["--pruner", "magic"], "unknown pruner"),
     "no point passes the confidence": (lambda w: ["--conf", "1000"], "no points pass the confidence filter"),

@@ -111,7 +111,8 @@ def _probe(folder: Path, name: str, kind: str) -> None:
         os.unlink(tmp)
 
 
-def _check_one(spec: OutputSpec, overwrite: bool) -> None:
+def _check_place(spec: OutputSpec) -> None:
+    """The output's name, suffix and folder."""
     path, what = spec.path, spec.what
     if spec.kind == "file" and spec.suffixes and path.suffix.lower() not in spec.suffixes:
         raise OutputError(f"{what} {path} must end in {' or '.join(spec.suffixes)}")
@@ -119,10 +120,13 @@ def _check_one(spec: OutputSpec, overwrite: bool) -> None:
     if not name or name in (".", ".."):
         raise OutputError(f"{what} {path} has no file name")
     folder = path.parent
-    if not folder.exists():
-        raise OutputError(f"the folder of {what} {path} does not exist ({folder})")
-    if not folder.is_dir():
-        raise OutputError(f"the folder of {what} {path} is not a folder ({folder})")
+    try:
+        if not folder.exists():
+            raise OutputError(f"the folder of {what} {path} does not exist ({folder})")
+        if not folder.is_dir():
+            raise OutputError(f"the folder of {what} {path} is not a folder ({folder})")
+    except OSError as err:  # e.g. a path longer than the system allows
+        raise OutputError(f"cannot use {what} {str(path)[:80]}...: {describe_os_error(err)}") from None
     size, limit = len(os.fsencode(name)), _name_max(folder)
     if size + TEMP_NAME_EXTRA > limit:
         raise OutputError(
@@ -131,6 +135,11 @@ def _check_one(spec: OutputSpec, overwrite: bool) -> None:
         )
     if len(os.fsencode(str(path))) + TEMP_NAME_EXTRA >= _path_max(folder):
         raise OutputError(f"the path of {what} is too long for the file system; choose a shorter one")
+
+
+def _check_target(spec: OutputSpec, overwrite: bool) -> None:
+    """What is at the output's place already, and whether a file can be created there."""
+    path, what, folder = spec.path, spec.what, spec.path.parent
     if path.exists() or path.is_symlink():
         if path.is_dir() and not path.is_symlink() and spec.kind == "file":
             raise OutputError(f"{what} {path} is an existing folder; choose another name")
@@ -139,7 +148,7 @@ def _check_one(spec: OutputSpec, overwrite: bool) -> None:
         if not overwrite:
             raise OutputError(f"{what} {path} already exists; pass {option('overwrite')} to replace it")
     try:
-        _probe(folder, name, spec.kind)
+        _probe(folder, path.name, spec.kind)
     except OSError as err:
         raise OutputError(f"cannot write {what} {path}: no file can be created in {folder} ({describe_os_error(err)})") from None
 
@@ -161,7 +170,8 @@ def check_outputs(
     outputs = list(outputs)
     real_inputs = [(Path(p), _real(Path(p).expanduser())) for p in inputs if p is not None]
     seen: dict[Path, OutputSpec] = {}
-    for spec in outputs:
+    for spec in outputs:  # first where each output goes (refusals that protect inputs come first) ...
+        _check_place(spec)
         # Where the output lands: its folder resolved, its own name kept (a link there is replaced,
         # not followed) -- and, for an existing link, what it points to as well.
         target = _real(spec.path.parent) / spec.path.name
@@ -183,7 +193,8 @@ def check_outputs(
                 inner, outer = (spec, other) if _inside(target, other_place) else (other, spec)
                 raise OutputError(f"{inner.what} {inner.path} lies inside {outer.what} {outer.path}; choose separate places")
         seen[target] = spec
-        _check_one(spec, overwrite)
+    for spec in outputs:  # ... then what is there already
+        _check_target(spec, overwrite)
     return outputs
 
 
