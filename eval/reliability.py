@@ -378,7 +378,8 @@ def _process_cases() -> list[Case]:
     previous = {p: f"previous {p}".encode() for p in EXPORT_NAMES.values() if p != "out/scene_colmap"}
     for seconds in (0.5, 1.0, 2.0, 3.0, 4.0, 6.0):
         cases.append(Case(f"kill -9 after {seconds} s over earlier outputs", "process",
-                          RECON + ["-o", "out/scene.ply", *ALL_EXPORTS, "--overwrite"], kill_after=seconds, existing=dict(previous)))
+                          RECON + ["-o", "out/scene.ply", *ALL_EXPORTS, "--overwrite"], kill_after=seconds, existing=dict(previous),
+                          expect="ok", outputs=tuple(EXPORT_NAMES.values())))
     return cases
 
 
@@ -522,15 +523,28 @@ def judge(case: Case, work: Path, before: dict[str, str], after: dict[str, str],
     if succeeded:
         partial = [o for o in outputs if o not in after] + [p for p in new if not is_output(p)]
     elif killed:
-        partial = [p for p in new if not Path(p).name.startswith(".")]  # hidden temporaries may stay after kill -9
+        # hidden temporaries (".<name>.<random>.tmp", and what is inside them) may stay after kill -9;
+        # an output that appeared must be complete
+        partial = [p for p in new if not any(part.startswith(".") for part in Path(p).parts)
+                   and not (is_output(p) and ((work / p).is_dir() or _complete(work / p)))]
     else:
         partial = new
+    kill_state = ""
+    if killed:  # which outputs hold their previous and which their new content
+        states = set()
+        for out in outputs:
+            if out in before and before[out] != "dir":
+                states.add("previous" if after.get(out) == before[out] else "new")
+            else:
+                states.add("new" if out in after else "previous")
+        kill_state = states.pop() if len(states) == 1 else "mixed"
     expected = (case.expect == "ok") == succeeded if not killed else True
     if not succeeded and not killed and case.fragment and not (lines and case.fragment in lines[0]):
         expected = False
     return {
         "name": case.name, "group": case.group, "code": code, "message": lines[0] if lines else "", "uncaught": uncaught,
-        "traceback": traceback, "destroyed": destroyed, "partial": partial, "expected": expected,
+        "traceback": traceback, "destroyed": destroyed, "partial": partial, "expected": expected, "killed": killed,
+        "kill_state": kill_state,
         "ok": not traceback and not destroyed and not partial and expected,
     }
 
@@ -547,8 +561,16 @@ def _complete(path: Path) -> bool:
                 return "depth" in data.files
         if path.suffix == ".json":
             return isinstance(json.loads(path.read_text()), dict)
-        if path.suffix in (".png", ".glb"):
-            return path.stat().st_size > 100
+        if path.suffix == ".png":
+            from PIL import Image
+
+            with Image.open(path) as image:
+                image.load()
+            return True
+        if path.suffix == ".glb":
+            import trimesh
+
+            return len(trimesh.load(path).geometry) > 0
         return path.parent.name.endswith("_colmap") and path.stat().st_size > 0
     except Exception:  # noqa: BLE001 - unreadable means incomplete
         return False

@@ -1980,13 +1980,23 @@ def mesh_visibility(mesh: SceneMesh, depth: np.ndarray, K: np.ndarray, cam_to_wo
 
 
 def write_mesh_ply(mesh: SceneMesh, path: Path) -> None:
-    """Write a binary PLY with per-vertex colours (and faces)."""
-    m = o3d.geometry.TriangleMesh()
-    m.vertices = o3d.utility.Vector3dVector(mesh.vertices)
-    m.triangles = o3d.utility.Vector3iVector(mesh.faces.astype(np.int32))
-    m.vertex_colors = o3d.utility.Vector3dVector(mesh.colors.astype(np.float64) / 255.0)
-    if not o3d.io.write_triangle_mesh(str(path), m, write_ascii=False, compressed=False, print_progress=False):
-        raise InputError(f"cannot write mesh {path}")
+    """Write a binary little-endian PLY: double ``x y z`` and uchar ``red green blue`` per vertex,
+    triangles as ``uchar``-counted ``uint`` index lists. Any write error raises (a full disk
+    never leaves a silently truncated mesh)."""
+    vertices = np.empty(len(mesh.vertices), dtype=[("xyz", "<f8", 3), ("rgb", "u1", 3)])
+    vertices["xyz"], vertices["rgb"] = mesh.vertices, mesh.colors
+    faces = np.empty(len(mesh.faces), dtype=[("n", "u1"), ("idx", "<u4", 3)])
+    faces["n"], faces["idx"] = 3, mesh.faces
+    header = (
+        "ply\nformat binary_little_endian 1.0\ncomment SynthRooms scene mesh\n"
+        f"element vertex {len(vertices)}\nproperty double x\nproperty double y\nproperty double z\n"
+        "property uchar red\nproperty uchar green\nproperty uchar blue\n"
+        f"element face {len(faces)}\nproperty list uchar uint vertex_indices\nend_header\n"
+    )
+    with open(path, "wb") as handle:
+        handle.write(header.encode("ascii"))
+        handle.write(vertices.tobytes())
+        handle.write(faces.tobytes())
 
 
 # ----------------------------------------------------------------------------------------------
