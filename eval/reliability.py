@@ -94,13 +94,14 @@ class Case:
     group: str
     argv: list[str] | None = None  # a CLI run
     api: str | None = None  # or the name of an API scenario (API_SCENARIOS)
-    expect: str = "error"  # "error" or "ok"
+    expect: str = "error"  # "error", "ok" or "any" (either, as long as it ends cleanly)
     fragment: str = ""  # expected in the error line
     outputs: tuple[str, ...] = ()  # what a successful run writes (all of them)
     existing: dict[str, bytes] = field(default_factory=dict)  # files made before the run
     fault: tuple[str, str] | None = None  # (patch target, "memory" | "disk") during the run
     links: dict[str, str] = field(default_factory=dict)  # symlinks made before the run: name -> target
     rlimit_fsize: int | None = None  # subprocess only: RLIMIT_FSIZE in bytes
+    rlimit_as: int | None = None  # subprocess only: RLIMIT_AS (address space) in bytes
     kill_after: float | None = None  # subprocess only: SIGKILL after this many seconds
 
 
@@ -375,6 +376,13 @@ def _process_cases() -> list[Case]:
                           rlimit_fsize=limit, fragment="nothing was written"))
         cases.append(Case(f"file-size limit {limit} B in synth", "process", ["synth", "-o", "out/synth", "-q", "--size", "64x48", "--frames", "3"],
                           rlimit_fsize=limit, fragment=""))
+    for mib in (450, 550, 650, 750, 850, 1000, 1300):
+        cases.append(Case(f"address-space limit {mib} MiB, every export", "process", RECON + ["-o", "out/scene.ply", *ALL_EXPORTS],
+                          rlimit_as=mib << 20, expect="any", outputs=tuple(EXPORT_NAMES.values())))
+    for mib in (450, 700, 1000):
+        cases.append(Case(f"address-space limit {mib} MiB in synth", "process",
+                          ["synth", "-o", "out/synth", "-q", "--size", "320x240", "--frames", "3"], rlimit_as=mib << 20,
+                          expect="any", outputs=("out/synth",)))
     previous = {p: f"previous {p}".encode() for p in EXPORT_NAMES.values() if p != "out/scene_colmap"}
     for seconds in (0.5, 1.0, 2.0, 3.0, 4.0, 6.0):
         cases.append(Case(f"kill -9 after {seconds} s over earlier outputs", "process",
@@ -467,11 +475,13 @@ def run_subprocess(case: Case, work: Path, timeout: float = 300) -> tuple[int | 
     command = [sys.executable, str(Path(__file__).resolve()), "--run-one", json.dumps(case.__dict__, default=_jsonable)]
 
     def limits() -> None:
-        if case.rlimit_fsize is not None:
-            import resource
+        import resource
 
+        if case.rlimit_fsize is not None:
             signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failing write, not a killed process
             resource.setrlimit(resource.RLIMIT_FSIZE, (case.rlimit_fsize, case.rlimit_fsize))
+        if case.rlimit_as is not None:
+            resource.setrlimit(resource.RLIMIT_AS, (case.rlimit_as, case.rlimit_as))
 
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
     proc = subprocess.Popen(command, cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
@@ -538,7 +548,7 @@ def judge(case: Case, work: Path, before: dict[str, str], after: dict[str, str],
             else:
                 states.add("new" if out in after else "previous")
         kill_state = states.pop() if len(states) == 1 else "mixed"
-    expected = (case.expect == "ok") == succeeded if not killed else True
+    expected = True if killed or case.expect == "any" else (case.expect == "ok") == succeeded
     if not succeeded and not killed and case.fragment and not (lines and case.fragment in lines[0]):
         expected = False
     return {
@@ -582,7 +592,7 @@ def run_catalogue(cases: list[Case], base: Path, scratch: Path, in_process: bool
         work = scratch / f"case_{i:03d}"
         _setup(case, base, work)
         before = _snapshot(work)
-        if in_process and case.rlimit_fsize is None and case.kill_after is None:
+        if in_process and case.rlimit_fsize is None and case.rlimit_as is None and case.kill_after is None:
             code, err, uncaught = run_in_process(case, work)
         else:
             code, err, uncaught = run_subprocess(case, work)
@@ -613,9 +623,15 @@ def _run_one(payload: str) -> int:
     case = Case(**{k: (tuple(v) if k in ("outputs", "fault") and v is not None else v) for k, v in data.items()})
     from pacegeo.cli import main
 
+    from pacegeo.errors import PacegeoError
+
     with _fault(case):
-        if case.api is not None:
-            API_SCENARIOS[case.api](Path.cwd())
+        if case.api is not None:  # an API call: its error is an exception, shown here as one line
+            try:
+                API_SCENARIOS[case.api](Path.cwd())
+            except PacegeoError as exc:
+                print(f"{ERROR_PREFIX}{exc}", file=sys.stderr)
+                return 2
             return 0
         return main(case.argv)
 
@@ -625,12 +641,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     parser.add_argument("--subprocess", action="store_true",
                         help="run every case in its own interpreter, plus the file-size-limit and kill -9 cases")
+    parser.add_argument("--groups", nargs="+", default=None, help="run only these groups of cases")
     parser.add_argument("--run-one", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.run_one is not None:
         return _run_one(args.run_one)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     cases = catalogue() + (catalogue(subprocess_only=True) if args.subprocess else [])
+    if args.groups:
+        cases = [case for case in cases if case.group in args.groups]
     with tempfile.TemporaryDirectory() as tmp:
         base = build_base(Path(tmp) / "base")
         results = run_catalogue(cases, base, Path(tmp), in_process=not args.subprocess, progress=True)

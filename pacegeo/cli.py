@@ -558,16 +558,19 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("pacegeo: interrupted", file=sys.stderr)
         return 130
-    except MemoryError:
-        print("pacegeo: error: out of memory; try fewer frames (--frames/--stride) or a lower --keep", file=sys.stderr)
-        return 2
-    except OSError as err:
-        where = f" ({err.filename})" if getattr(err, "filename", None) else ""
-        print(f"pacegeo: error: {err.strerror or type(err).__name__}{where}", file=sys.stderr)
-        return 2
-    except Exception as err:  # a bug: one line, the traceback on request
+    except Exception as err:
+        from pacegeo.errors import is_memory_error
+
         if os.environ.get("PACEGEO_DEBUG"):
             raise
+        if is_memory_error(err):
+            print("pacegeo: error: out of memory; try fewer frames (--frames/--stride) or a lower --keep", file=sys.stderr)
+            return 2
+        if isinstance(err, OSError):
+            where = f" ({err.filename})" if getattr(err, "filename", None) else ""
+            print(f"pacegeo: error: {err.strerror or str(err) or type(err).__name__}{where}", file=sys.stderr)
+            return 2
+        # a bug: one line, the traceback on request
         print(f"pacegeo: internal error: {type(err).__name__}: {err} (set PACEGEO_DEBUG=1 for the traceback)", file=sys.stderr)
         return 1
 

@@ -52,6 +52,23 @@ def render(message: str, cli: bool = False) -> str:
     return _MARK.sub(lambda m: OPTIONS[m.group(1)][1 if cli else 0], message)
 
 
+# Messages of allocation failures that reach Python as other exceptions: PyTorch's CPU allocator,
+# memory maps, shared libraries that cannot be mapped, oneDNN primitives that cannot get memory.
+_MEMORY_TEXTS = (
+    "cannot allocate memory", "can't allocate memory", "out of memory", "failed to map segment",
+    "could not create a primitive",
+)
+
+
+def is_memory_error(err: BaseException) -> bool:
+    """Whether ``err`` means an allocation failed (Python's MemoryError, PyTorch's allocators, a
+    memory map or a shared library that could not be mapped)."""
+    if isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError":
+        return True
+    text = str(err).lower()
+    return any(s in text for s in _MEMORY_TEXTS)
+
+
 class PacegeoError(Exception):
     """Base class for errors caused by user input or environment, not by a bug."""
 

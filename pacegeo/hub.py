@@ -30,7 +30,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from pacegeo.backbone import VGGT, VGGTConfig, config_from_dict, config_to_dict, vggt_1b
-from pacegeo.errors import CheckpointError, option
+from pacegeo.errors import CheckpointError, is_memory_error, option
 
 logger = logging.getLogger(__name__)
 
@@ -164,16 +164,27 @@ def is_available_locally(name: str, cache_dir: str | Path | None = None) -> bool
 # Reading and writing checkpoints
 
 
+#: Largest safetensors header :func:`read_metadata` reads (the format's own limit).
+MAX_HEADER_BYTES = 100_000_000
+
+
 def read_metadata(path: str | Path) -> dict[str, str]:
     """The string metadata of a safetensors file (empty for other formats or unreadable files)."""
     path = Path(path)
     if path.suffix != ".safetensors":
         return {}
+    # The header is read directly (8-byte little-endian length, then JSON): no memory map, so a
+    # process short of address space still finds out what a file is.
     try:
-        with safe_open(str(path), framework="pt") as f:
-            return dict(f.metadata() or {})
-    except Exception:
+        with open(path, "rb") as handle:
+            size = int.from_bytes(handle.read(8), "little")
+            if not 2 <= size <= MAX_HEADER_BYTES:
+                return {}
+            header = json.loads(handle.read(size))
+    except (OSError, ValueError, UnicodeDecodeError):
         return {}
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    return {str(k): str(v) for k, v in meta.items()} if isinstance(meta, dict) else {}
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -186,11 +197,11 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             with warnings.catch_warnings():  # torch's advice on unsafe loading is not for our users
                 warnings.simplefilter("ignore")
                 state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except MemoryError:
-        raise CheckpointError(f"not enough memory to read checkpoint {path}") from None
     except OSError as err:
         raise CheckpointError(f"cannot read checkpoint {path}: {err.strerror or type(err).__name__}") from None
-    except Exception:
+    except Exception as err:
+        if is_memory_error(err):
+            raise CheckpointError(f"not enough memory to read checkpoint {path}") from None
         kind = "safetensors" if path.suffix == ".safetensors" else "PyTorch weights (tensors only)"
         raise CheckpointError(f"cannot read checkpoint {path}: not a valid {kind} file (corrupt, truncated or another format)") from None
     if isinstance(state, dict) and not any(isinstance(v, torch.Tensor) for v in state.values()):

@@ -27,7 +27,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pacegeo.errors import OutputError, option
+from pacegeo.errors import OutputError, is_memory_error, option
 
 #: Bytes a temporary name adds to an output's name: ``"." + name + "." + 8 random + ".tmp"``.
 TEMP_NAME_EXTRA = 14
@@ -67,7 +67,7 @@ class OutputSpec:
 
 def describe_os_error(err: BaseException) -> str:
     """A short reason for an OS or memory error while writing (no library advice, no traceback)."""
-    if isinstance(err, MemoryError):
+    if is_memory_error(err):
         return "out of memory"
     if isinstance(err, OSError):
         if err.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -246,7 +246,7 @@ class OutputSet:
     def __exit__(self, exc_type, exc, tb) -> bool:
         if exc_type is not None:
             self._discard()
-            if isinstance(exc, (MemoryError, OSError)) and not isinstance(exc, OutputError):
+            if (isinstance(exc, OSError) or is_memory_error(exc)) and not isinstance(exc, OutputError):
                 names = ", ".join(str(s.path) for s in self.outputs)
                 raise OutputError(
                     f"writing failed ({describe_os_error(exc)}); nothing was written or replaced ({names})"
