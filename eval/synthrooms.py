@@ -11,9 +11,10 @@ with exact ground truth. Reported per pruner and keep:
 * point Chamfer (mean of accuracy and completeness) between points unprojected from predicted depth
   and cameras and the ground-truth points, after a Sim(3) fit on pixel correspondences, in units of
   the scene scale (ground truth is normalised so that the mean point distance is 1);
-* camera deviation from the unpruned model: median relative rotation / translation-direction angle
-  between the pruned and the unpruned model's cameras over frame pairs (what pruning changes,
-  without the backbone's own error; 0 for the unpruned model);
+* fidelity to the unpruned model (:mod:`pacegeo.fidelity`; what pruning changes, without the
+  backbone's own error; 0 for the unpruned model): median relative-rotation and translation-direction
+  deviation over frame pairs, median relative depth deviation, and the Chamfer distance between
+  the two runs' points in units of the scene size;
 * where translation-direction errors come from: RTA@15 of the predicted camera centres with the
   true rotations (``rta15_true_rotations``) and of the predicted rotations with the true centres
   (``rta15_true_centres``);
@@ -42,6 +43,7 @@ from pacegeo.data.clips import normalize_clip
 from pacegeo.data.stream import intrinsics_for_fov
 from pacegeo.data.synth import make_scene, make_trajectory, render_frame
 from pacegeo.errors import PacegeoError
+from pacegeo.fidelity import fidelity
 from pacegeo.geometry import camera_centers, depth_to_world_points, pose_encoding_to_extri_intri
 from pacegeo.hub import load_backbone, read_metadata, resolve_weights
 from pacegeo.metrics import auc, chamfer, depth_metrics, relative_pose_errors, rra, rta, umeyama
@@ -72,11 +74,18 @@ def combine_cameras(rotations_of: torch.Tensor, centres_of: torch.Tensor) -> tor
     return torch.cat((rot, -torch.einsum("sij,sj->si", rot, centres)[..., None]), dim=-1).float()
 
 
+def run_reference(out: dict, hw: tuple[int, int]) -> dict[str, torch.Tensor]:
+    """What the fidelity metrics compare against: cameras and depth of a (unpruned) run."""
+    ext, intr = predicted_cameras(out, hw)
+    return {"extrinsics": ext, "intrinsics": intr, "depth": out["depth"][0, ..., 0].float().cpu()}
+
+
 def clip_metrics(out: dict, clip: dict[str, torch.Tensor], max_points: int = 20000,
-                 reference_extrinsics: torch.Tensor | None = None) -> dict[str, float]:
+                 reference: dict[str, torch.Tensor] | None = None) -> dict[str, float]:
     """Depth, camera and point metrics of one prediction against its ground-truth clip; with
-    ``reference_extrinsics`` (the unpruned model's cameras) also how far the cameras moved from
-    them (``rot_dev_med``, ``trans_dev_med``: median relative-pose angles over frame pairs)."""
+    ``reference`` (:func:`run_reference` of the unpruned model on the same clip) also its fidelity
+    to that run (:func:`pacegeo.fidelity.fidelity`: ``rot_dev_med``, ``trans_dev_med``,
+    ``depth_dev_med``, ``points_dev``)."""
     hw = tuple(clip["images"].shape[-2:])
     ext, intr = predicted_cameras(out, hw)
     gt_ext = clip["extrinsics"]
@@ -98,9 +107,9 @@ def clip_metrics(out: dict, clip: dict[str, torch.Tensor], max_points: int = 200
     s, R, t = umeyama(pred_pts[sel], gt_pts[sel], with_scale=True)
     aligned = s * pred_pts[sel] @ R.T + t
     deviation = {}
-    if reference_extrinsics is not None:
-        rot_dev, trans_dev = relative_pose_errors(ext, reference_extrinsics)
-        deviation = {"rot_dev_med": float(np.median(rot_dev)), "trans_dev_med": float(np.median(trans_dev))}
+    if reference is not None:
+        deviation = fidelity(pred_depth, ext, intr, reference["depth"], reference["extrinsics"], reference["intrinsics"],
+                             valid=valid)
     return deviation | {
         "abs_rel": d["abs_rel"],
         "delta_1_25": d["delta_1_25"],
@@ -177,8 +186,8 @@ def main(argv=None) -> int:
                 start = time.perf_counter()
                 out = model(clip["images"][None])
                 unpruned_times.append(time.perf_counter() - start)
-                reference.append(predicted_cameras(out, tuple(clip["images"].shape[-2:]))[0])
-                unpruned_metrics.append(clip_metrics(out, clip, reference_extrinsics=reference[-1]))
+                reference.append(run_reference(out, tuple(clip["images"].shape[-2:])))
+                unpruned_metrics.append(clip_metrics(out, clip, reference=reference[-1]))
         for name, run in runners:
             keeps = [1.0] if name == "none" else args.keep
             for keep in keeps:
@@ -192,7 +201,7 @@ def main(argv=None) -> int:
                             start = time.perf_counter()
                             out = run(images, keep)
                             times.append(time.perf_counter() - start)
-                            per_clip.append(clip_metrics(out, clip, reference_extrinsics=ref))
+                            per_clip.append(clip_metrics(out, clip, reference=ref))
                 rec = {k: float(np.mean([m[k] for m in per_clip])) for k in per_clip[0]}
                 rec["per_scene"] = {k: [round(m[k], 6) for m in per_clip] for k in SCENE_METRICS}
                 rec.update(model=args.model, pruner=name, keep=keep, frames=frames, scenes=len(clips),
@@ -201,7 +210,7 @@ def main(argv=None) -> int:
                 print(f"S={frames:3d} {name:>14} keep={keep:.2f}  AbsRel {rec['abs_rel']:.3f} (const {rec['abs_rel_constant']:.3f})"
                       f"  rot {rec['rot_err_med']:.2f} deg (identity {rec['rot_err_identity_med']:.2f})"
                       f"  RRA15 {rec['rra15']:.3f}  AUC30 {rec['auc30']:.3f}  Chamfer {rec['chamfer']:.4f}"
-                      f"  rot. dev. {rec['rot_dev_med']:.2f} deg"
+                      f"  rot. dev. {rec['rot_dev_med']:.2f} deg  depth dev. {100 * rec['depth_dev_med']:.2f}%"
                       f"  {rec['median_s'] * 1000:.0f} ms", flush=True)
     if args.append and args.json.exists():
         new_keys = {(r["frames"], r["pruner"], r["keep"]) for r in records}
@@ -218,18 +227,22 @@ def main(argv=None) -> int:
 
 def write_markdown(records: list[dict], path: Path) -> None:
     cols = ["frames", "pruner", "keep", "abs_rel", "abs_rel_constant", "delta_1_25", "rot_err_med",
-            "rot_err_identity_med", "rra15", "rta15", "auc30", "chamfer", "rot_dev_med", "trans_dev_med", "median_s"]
+            "rot_err_identity_med", "rra15", "rta15", "auc30", "chamfer", "rot_dev_med", "trans_dev_med",
+            "depth_dev_med", "points_dev", "median_s"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in records:
         cells = (r.get(c, "-") for c in cols)
         lines.append("| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in cells) + " |")
     lines += checks_table(records)
+    lines += fidelity_table(records)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
 
 
 CHECK_METRICS = (("abs_rel", False), ("auc30", True), ("rra15", True))  # (metric, higher is better)
-SCENE_METRICS = ("abs_rel", "auc30", "rra15", "rot_err_med", "rot_dev_med", "trans_dev_med")  # kept per scene
+SCENE_METRICS = ("abs_rel", "auc30", "rra15", "rot_err_med", "rot_dev_med", "trans_dev_med", "depth_dev_med",
+                 "points_dev")  # kept per scene
+FIDELITY_METRICS = ("rot_dev_med", "trans_dev_med", "depth_dev_med", "points_dev")  # lower is better
 
 
 def paired_gain_ci(mine: list[float], other: list[float], higher: bool, n_boot: int = 4000,
@@ -289,6 +302,36 @@ def checks_table(records: list[dict], learned: str = "learned", ablation: str = 
                     change = f"{(-rel if higher else rel) * 100:+.1f}%"
                 out.append(f"| {frames} | {keep:g} | {key} | {mine:.4g} | {best} | {wins} | {ci} | {abl} | {change} |")
     return out
+
+
+def fidelity_table(records: list[dict], learned: str = "learned") -> list[str]:
+    """Markdown rows: the learned pruner's fidelity to the unpruned model against every other
+    pruner at each keep <= 0.5, with the paired bootstrap interval of each gain over scenes
+    (positive = learned closer to the unpruned model)."""
+    rows = []
+    for frames in sorted({r["frames"] for r in records}):
+        recs = [r for r in records if r["frames"] == frames and r["pruner"] != "none"]
+        for keep in sorted({r["keep"] for r in recs if r["pruner"] == learned and r["keep"] <= 0.5}, reverse=True):
+            at = {r["pruner"]: r for r in recs if r["keep"] == keep}
+            for key in FIDELITY_METRICS:
+                mine = at[learned]
+                cells = []
+                for name, other in at.items():
+                    if name == learned:
+                        continue
+                    gain = "-"
+                    scenes = (mine.get("per_scene", {}).get(key), other.get("per_scene", {}).get(key))
+                    if all(scenes):
+                        g, lo, hi = paired_gain_ci(*scenes, higher=False)
+                        gain = f"{g:+.3g} [{lo:+.3g}, {hi:+.3g}]"
+                    cells.append(f"{name} {other[key]:.4g}, gain {gain}")
+                rows.append(f"| {frames} | {keep:g} | {key} | {mine[key]:.4g} | {'; '.join(cells)} |")
+    if not rows:
+        return []
+    return ["", "Fidelity to the unpruned model (rotation and translation-direction deviation in degrees, depth deviation"
+            " and point deviation as fractions; lower is better): learned against each other pruner, gain with its"
+            " 95% paired-bootstrap interval over scenes (positive = learned closer):", "",
+            "| frames | keep | metric | learned | others |", "|---|---|---|---|---|", *rows]
 
 
 def plot(records: list[dict], path: Path) -> None:

@@ -384,10 +384,27 @@ def test_synthrooms_script_writes_every_row_and_reuses_the_unpruned_pass(tiny_mo
     records = json.loads(out.read_text())
     assert [(r["pruner"], r["keep"]) for r in records] == [("none", 1.0), ("grid", 0.5), ("grid", 0.3)]
     none = records[0]
-    assert none["rot_dev_med"] < 1e-6 < records[1]["rot_dev_med"]  # the unpruned row is its own reference
+    for key in ("rot_dev_med", "depth_dev_med", "points_dev"):  # the unpruned row is its own reference
+        assert none[key] < 1e-5 < records[1][key], key
+        assert len(records[1]["per_scene"][key]) == 2
     assert none["median_s"] > 0 and len(none["per_scene"]["abs_rel"]) == 2
     assert all(r["median_s"] > 0 for r in records)
     assert "| none |" in (tmp_path / "rows.md").read_text()
+
+
+def test_fidelity_table_compares_learned_with_every_other_pruner():
+    synthrooms = _load("synthrooms")
+    rng = np.random.default_rng(0)
+    grid = rng.uniform(4, 6, size=20)
+
+    def record(pruner, keep, values):
+        scenes = {k: list(values) for k in synthrooms.FIDELITY_METRICS}
+        return {"frames": 8, "pruner": pruner, "keep": keep, **{k: float(np.mean(values)) for k in scenes}, "per_scene": scenes}
+
+    records = [record("grid", 0.3, grid), record("learned", 0.3, grid - 1.0), record("learned", 0.7, grid)]
+    rows = [r for r in synthrooms.fidelity_table(records) if r.startswith("| 8 |")]
+    assert len(rows) == 4 and all("| 0.3 |" in r for r in rows)  # keep 0.7 is above 0.5: not compared
+    assert "gain +1 [+1, +1]" in rows[0]  # learned is exactly 1 closer in every scene
 
 
 def test_combined_cameras_take_rotations_from_one_set_and_centres_from_the_other():
