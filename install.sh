@@ -16,4 +16,5 @@ PY=${PYTHON:-python3}
 if ! $PY -c "import torch" >/dev/null 2>&1; then
     $PY -m pip install -q "torch==2.13.0"
 fi
-$PY -m pip install -q -e ".[dev]"
+# Editable, with every optional feature (synth rendering, place recognition, video) and the test tools.
+$PY -m pip install -q -e ".[all,dev]"

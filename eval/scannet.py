@@ -268,9 +268,10 @@ def select_scenes(root: Path, num_scenes: int) -> list[str]:
 
 def read_mesh_points(scene_dir: Path) -> np.ndarray:
     """Vertices ``[M, 3]`` of ``<scene>/<scene>_vh_clean_2.ply`` (FastVGGT reads the PLY as points)."""
-    import open3d as o3d
-
     from pacegeo.errors import InputError
+    from pacegeo.extras import require
+
+    o3d = require("open3d", "reading ScanNet meshes")
 
     path = scene_dir / f"{scene_dir.name}_vh_clean_2.ply"
     if not path.is_file():

@@ -59,11 +59,14 @@ HUB_MODELS = {
 
 
 def checkpoints_dir() -> Path:
-    """Folder of bundled checkpoints: ``$PACEGEO_CHECKPOINTS`` or ``checkpoints/`` beside the package."""
+    """Folder of bundled checkpoints: ``$PACEGEO_CHECKPOINTS``; in an installed package its
+    ``pacegeo/checkpoints`` data folder; in a source checkout the top-level ``checkpoints/``."""
     env = os.environ.get("PACEGEO_CHECKPOINTS")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parent.parent / "checkpoints"
+    package = Path(__file__).resolve().parent
+    installed = package / "checkpoints"
+    return installed if installed.is_dir() else package.parent / "checkpoints"
 
 
 def bundled_models() -> dict[str, Path]:

@@ -33,6 +33,8 @@ import numpy as np
 from scipy.spatial import cKDTree
 from scipy.spatial.transform import Rotation
 
+from pacegeo.extras import require
+
 try:  # torch is optional for this module: only needed to recognise tensors.
     import torch
 except ImportError:  # pragma: no cover
@@ -685,7 +687,7 @@ def voxel_downsample(points: ArrayLike, voxel_size: float) -> np.ndarray:
 
     Open3D places the grid origin half a voxel below the cloud's minimum corner.
     """
-    import open3d as o3d
+    o3d = require("open3d", "point-cloud registration")
 
     pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(_points(points, "points")))
     return np.asarray(pcd.voxel_down_sample(float(voxel_size)).points, dtype=np.float64)
@@ -800,7 +802,7 @@ def estimate_normals(points: ArrayLike, knn: int = 30) -> np.ndarray:
 
     ``knn=30`` equals Open3D's default search used by the CUT3R protocol. Signs are arbitrary.
     """
-    import open3d as o3d
+    o3d = require("open3d", "point-cloud registration")
 
     pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(_points(points, "points")))
     pcd.estimate_normals(o3d.geometry.KDTreeSearchParamKNN(knn=int(knn)))
@@ -882,7 +884,7 @@ def icp_refine(
         ``(T [4, 4], fitness)``: ``apply_transform(src_pts, T)`` lies on ``dst_pts``; fitness is the
         fraction of source points with a correspondence within ``threshold``.
     """
-    import open3d as o3d
+    o3d = require("open3d", "point-cloud registration")
 
     src = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(_points(src_pts, "src_pts")))
     dst = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(_points(dst_pts, "dst_pts")))

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from pacegeo.errors import InputError
+from pacegeo.extras import require
 
 logger = logging.getLogger(__name__)
 
@@ -77,10 +78,7 @@ def _one_line(text: object) -> str:
 
 def _open(path: Path):
     """Open ``path`` with PyAV and return ``(container, first video stream)``; errors are :class:`InputError`."""
-    try:
-        import av
-    except ImportError:  # pragma: no cover - av is a dependency
-        raise InputError("reading videos needs the 'av' package: pip install av") from None
+    av = require("av", "video input")
     if not path.exists():
         raise InputError(f"video not found: {path}")
     if not path.is_file():
@@ -140,8 +138,7 @@ def iter_video_frames(path: str | os.PathLike, fps: float = DEFAULT_FPS) -> Iter
     """
     if not isinstance(fps, (int, float)) or not math.isfinite(fps) or fps <= 0:
         raise InputError(f"fps must be a positive number, got {fps!r}")
-    import av
-
+    av = require("av", "video input")
     path = Path(path)
     container, stream = _open(path)
     period = 1.0 / float(fps)

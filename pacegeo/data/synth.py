@@ -40,7 +40,6 @@ from functools import cached_property, lru_cache
 from pathlib import Path
 
 import numpy as np
-import open3d as o3d
 from matplotlib import colormaps
 from matplotlib.colors import hsv_to_rgb
 from PIL import Image, ImageFilter
@@ -51,7 +50,10 @@ from tqdm import tqdm
 
 from pacegeo.errors import InputError, OutputError, option
 from pacegeo.io.outputs import OutputSet, OutputSpec, describe_os_error
+from pacegeo.extras import require
 from pacegeo.options import check_count, check_seed
+
+o3d = require("open3d", "SynthRooms rendering")
 
 #: Limits of the generator's options (sides in pixels, frames per scene).
 MIN_SIDE, MAX_SIDE, MAX_FRAMES, MAX_SCENES = 16, 4096, 100_000, 100_000

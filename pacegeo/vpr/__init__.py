@@ -18,7 +18,6 @@ from pacegeo.vpr.extract import (
     save_vpr,
 )
 from pacegeo.vpr.head import GeMConfig, GeMHead, VLADConfig, VLADHead, WeightedOTConfig, WeightedOTHead, log_sinkhorn
-from pacegeo.vpr.index import DescriptorIndex
 from pacegeo.vpr.recall import (
     load_gt_file,
     positives_by_index,
@@ -51,3 +50,12 @@ __all__ = [
     "recall_at_n",
     "save_vpr",
 ]
+
+
+def __getattr__(name: str):
+    # The index needs faiss (the "vpr" extra); descriptors do not, so it is imported on first use.
+    if name == "DescriptorIndex":
+        from pacegeo.vpr.index import DescriptorIndex
+
+        return DescriptorIndex
+    raise AttributeError(f"module 'pacegeo.vpr' has no attribute {name!r}")

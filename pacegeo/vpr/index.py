@@ -21,11 +21,13 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-import faiss
 import numpy as np
 import torch
 
 from pacegeo.errors import InputError
+from pacegeo.extras import require
+
+faiss = require("faiss", "place-recognition retrieval")
 
 logger = logging.getLogger(__name__)
 
