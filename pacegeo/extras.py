@@ -17,7 +17,7 @@ viewer    viser              the interactive viewer (``pacegeo view``)
 import importlib
 from types import ModuleType
 
-from pacegeo.errors import InputError
+from pacegeo.errors import InputError, is_memory_error
 
 #: Module -> (PyPI package, extra).
 EXTRAS = {
@@ -35,7 +35,9 @@ def require(module: str, feature: str) -> ModuleType:
     package, extra = EXTRAS[module]
     try:
         return importlib.import_module(module)
-    except ImportError:
+    except ImportError as err:
+        if is_memory_error(err):  # installed, but its libraries could not be mapped
+            raise MemoryError(f"out of memory while loading {package}") from None
         raise InputError(
             f"{feature} needs the optional package {package}: pip install 'pacegeo[{extra}]' (or pip install {package})"
         ) from None
