@@ -39,20 +39,25 @@ def main() -> None:
     print(f"kept {rec.kept_per_frame[-1]} of {rec.tokens_per_frame} patch tokens per frame")
     print("seconds per stage:", {k: round(v, 3) for k, v in rec.timings.items() if "/" not in k})
 
-    # 3. A confidence-filtered, coloured point cloud as numpy arrays.
-    xyz, rgb = rec.point_cloud(conf_percentile=50)
+    # 3. A confidence-filtered, coloured point cloud as numpy arrays (default filter: the least
+    #    confident half is dropped, as on the command line).
+    xyz, rgb = rec.point_cloud()
     print(f"{len(xyz):,} points; scene extent {np.ptp(xyz, axis=0).round(2)} (model units)")
     print("camera centres:\n", rec.camera_centers.round(3))
 
-    # 4. Exports (each written atomically).
+    # 4. Exports: all of them appear together or none does; none may replace an input.
     args.out.mkdir(parents=True, exist_ok=True)
-    points = {"conf_percentile": 50}
-    rec.save_ply(args.out / "scene.ply", **points)  # binary PLY with RGB
-    rec.save_glb(args.out / "scene.glb", **points)  # points + camera frustums, glTF (y up)
-    rec.save_colmap(args.out / "scene_colmap", overwrite=True, max_points=200_000, **points)  # COLMAP text model
-    rec.save_npz(args.out / "scene.npz")  # every array
-    rec.save_cameras_json(args.out / "scene_cameras.json")  # per frame: extrinsic, intrinsic, size, centre
-    rec.save_preview(args.out / "preview.png", **points)  # three rendered views
+    rec.export(
+        {
+            "ply": args.out / "scene.ply",  # binary PLY with RGB
+            "glb": args.out / "scene.glb",  # points + camera frustums, glTF (y up)
+            "colmap": args.out / "scene_colmap",  # COLMAP text model
+            "npz": args.out / "scene.npz",  # every array
+            "cameras": args.out / "scene_cameras.json",  # per frame: extrinsic, intrinsic, size, centre
+            "preview": args.out / "preview.png",  # three rendered views
+        },
+        overwrite=True,
+    )
     print("wrote:", ", ".join(str(p) for p in rec.files_written))
 
 

@@ -137,7 +137,6 @@ def _fmt_bytes(value: int) -> str:
 
 
 def _cmd_reconstruct(args: argparse.Namespace) -> int:
-    import math
     import time
 
     from pacegeo.errors import InputError
@@ -148,7 +147,8 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
         from pacegeo.io.outputs import check_outputs
         from pacegeo.options import check_count, check_keep, check_positive_number, check_seed
         from pacegeo.pipeline import (
-            DEFAULT_KEEP, Pipeline, check_input, export_spec, input_paths, prepare_inputs, resolve_model,
+            DEFAULT_KEEP, Pipeline, check_input, check_point_filter, export_spec, input_paths, prepare_inputs,
+            resolve_model,
         )
 
         pruner = args.pruner
@@ -162,10 +162,7 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
             check_count(getattr(args, name), name)
         check_seed(args.seed)
         check_positive_number(args.fps, "fps")
-        if args.conf is not None and (not math.isfinite(args.conf) or args.conf < 0):
-            raise InputError(f"--conf must be a non-negative number, got {args.conf:g}")
-        if args.conf_percentile is not None and not (0 <= args.conf_percentile < 100):
-            raise InputError(f"--conf-percentile must be in [0, 100), got {args.conf_percentile:g}")
+        check_point_filter(args.conf, args.conf_percentile)
         if args.target_size is not None and (args.target_size < 14 or args.target_size % 14):
             raise InputError(f"--target-size must be a positive multiple of 14, got {args.target_size}")
         formats = _parse_exports(args.export)
@@ -207,10 +204,9 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
         )
 
         # 6. Every output together: all appear, or none does and earlier files stay as they were.
-        point_kwargs = {
-            # Default as in VGGT's demos: drop the least confident half of the points.
-            "conf_threshold": args.conf if args.conf is not None else 0.0,
-            "conf_percentile": args.conf_percentile if args.conf is not None or args.conf_percentile is not None else 50.0,
+        point_kwargs = {  # neither given: the library's default filter (DEFAULT_CONF_PERCENTILE)
+            "conf_threshold": args.conf,
+            "conf_percentile": args.conf_percentile,
             "source": args.points_from,
             "max_points": args.max_points,
             "seed": args.seed,
@@ -470,9 +466,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target-size", type=int, default=None, metavar="PX",
                    help="inference width (crop) or longer side (pad), a multiple of 14 (default: the model's, 518 for VGGT-1B)")
     group = p.add_mutually_exclusive_group()
-    group.add_argument("--conf", type=float, default=None, metavar="C", help="keep points with confidence >= C (e.g. 3.0 for VGGT-1B)")
+    group.add_argument("--conf", type=float, default=None, metavar="C", help="keep points with confidence >= C instead (e.g. 3.0 for VGGT-1B)")
     group.add_argument("--conf-percentile", type=float, default=None, metavar="P",
-                       help="drop the lowest P percent of points by confidence (default 50)")
+                       help="drop the lowest P percent of points by confidence (default 50, as in the Python API)")
     p.add_argument("--points-from", choices=("depth", "pointmap"), default="depth",
                    help="points from depth + cameras (default) or from the point head")
     p.add_argument("--max-points", type=int, default=None, metavar="N", help="write at most N points (seeded random subset)")

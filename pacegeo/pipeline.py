@@ -9,7 +9,7 @@
     rec.save_ply("scene.ply")                               # binary PLY, RGB
     rec.save_glb("scene.glb")                               # points + camera frustums (glTF, y up)
     rec.save_colmap("scene_colmap")                         # COLMAP text model
-    xyz, rgb = rec.point_cloud(conf_percentile=50)          # [M, 3] float32, [M, 3] uint8
+    xyz, rgb = rec.point_cloud()                            # [M, 3] float32, [M, 3] uint8 (least confident half dropped)
 
 Conventions of every array in a :class:`Reconstruction`:
 
@@ -42,7 +42,8 @@ from pacegeo.options import check_count, check_keep, check_seed
 logger = logging.getLogger(__name__)
 
 DEFAULT_KEEP = 0.3
-DEFAULT_CONF_THRESHOLD = 3.0
+#: Default point filter of the API and the command line: drop the least confident half (VGGT's demos).
+DEFAULT_CONF_PERCENTILE = 50.0
 TINY_NOTICE = (
     "using pacegeo-tiny, a small model trained on synthetic rooms: fine for a quick look, coarse on real "
     "photos; for real photos get VGGT-1B: `huggingface-cli download facebook/VGGT-1B model.safetensors` "
@@ -68,6 +69,24 @@ __all__ = [
 # --------------------------------------------------------------------------------------------
 # Option checking
 # --------------------------------------------------------------------------------------------
+
+
+def check_point_filter(conf_threshold: object = None, conf_percentile: object = None) -> tuple[str, float]:
+    """The point filter of :meth:`Reconstruction.point_mask` as ``("threshold", C)`` or
+    ``("percentile", P)``: at most one of the two may be given; neither is the default
+    ``("percentile", DEFAULT_CONF_PERCENTILE)``."""
+    if conf_threshold is not None and conf_percentile is not None:
+        raise InputError(f"give either {option('conf')} or {option('conf_percentile')}, not both")
+    if conf_threshold is not None:
+        t = float(conf_threshold) if isinstance(conf_threshold, (int, float, np.number)) and not isinstance(conf_threshold, bool) else math.nan
+        if not math.isfinite(t) or t < 0:
+            raise InputError(f"{option('conf')} must be a non-negative number, got {conf_threshold!r}")
+        return "threshold", t
+    value = DEFAULT_CONF_PERCENTILE if conf_percentile is None else conf_percentile
+    p = float(value) if isinstance(value, (int, float, np.number)) and not isinstance(value, bool) else math.nan
+    if not math.isfinite(p) or not 0.0 <= p < 100.0:
+        raise InputError(f"{option('conf_percentile')} must be in [0, 100), got {conf_percentile!r}")
+    return "percentile", p
 
 
 def select_frames(count: int, frames: int | None = None, stride: int | None = None) -> list[int]:
@@ -683,31 +702,26 @@ class Reconstruction:
 
     def point_mask(
         self,
-        conf_threshold: float | None = DEFAULT_CONF_THRESHOLD,
+        conf_threshold: float | None = None,
         conf_percentile: float | None = None,
         source: str = "depth",
     ) -> np.ndarray:
         """``[S, h, w]`` bool: valid, finite pixels whose confidence passes the filter.
 
+        One filter applies: ``conf_threshold=C`` keeps pixels with ``conf >= C`` (0 keeps all);
         ``conf_percentile=P`` (0-100) drops the lowest ``P`` percent of the valid pixels by
-        confidence and overrides ``conf_threshold``; otherwise pixels need ``conf >= conf_threshold``
-        (None or 0 keeps all). ``source`` picks the map and its confidence: ``"depth"``
+        confidence; with neither, the default :data:`DEFAULT_CONF_PERCENTILE` (50, as VGGT's demos
+        and the command line). ``source`` picks the map and its confidence: ``"depth"``
         (:attr:`points_from_depth`, :attr:`depth_conf`) or ``"pointmap"`` (:attr:`world_points`,
         :attr:`world_points_conf`).
         """
+        kind, value = check_point_filter(conf_threshold, conf_percentile)
         points, conf = self._source(source)
         mask = self.valid_mask & np.isfinite(points).all(axis=-1) & np.isfinite(conf)
-        if conf_percentile is not None:
-            p = float(conf_percentile)
-            if not math.isfinite(p) or not 0.0 <= p < 100.0:
-                raise InputError(f"confidence percentile must be in [0, 100), got {conf_percentile!r}")
-            if mask.any() and p > 0:
-                mask &= conf >= np.percentile(conf[mask], p)
-        elif conf_threshold is not None:
-            t = float(conf_threshold)
-            if not math.isfinite(t) or t < 0:
-                raise InputError(f"confidence threshold must be a non-negative number, got {conf_threshold!r}")
-            mask &= conf >= t
+        if kind == "threshold":
+            return mask & (conf >= value)
+        if mask.any() and value > 0:
+            mask &= conf >= np.percentile(conf[mask], value)
         return mask
 
     def _source(self, source: str) -> tuple[np.ndarray, np.ndarray]:
@@ -719,7 +733,7 @@ class Reconstruction:
 
     def point_cloud(
         self,
-        conf_threshold: float | None = DEFAULT_CONF_THRESHOLD,
+        conf_threshold: float | None = None,
         conf_percentile: float | None = None,
         source: str = "depth",
         max_points: int | None = None,
@@ -755,7 +769,7 @@ class Reconstruction:
                 )
             valid = all_conf[self.valid_mask & finite]
             best = f"{float(valid.max()):.3g}" if valid.size else "n/a"
-            threshold = kwargs.get("conf_threshold", DEFAULT_CONF_THRESHOLD)
+            threshold = kwargs.get("conf_threshold")
             raise InputError(
                 f"no points pass the confidence filter (threshold {threshold}, highest confidence {best}); "
                 f"lower the threshold ({option('conf')}) or keep a share of the points ({option('conf_percentile_50')})"
