@@ -3,7 +3,8 @@
 * building the model and the token pruner from the command line (:func:`add_model_args`,
   :func:`build_model`);
 * a timed forward pass (:func:`timed_forward`): only the model call is timed, with
-  ``torch.cuda.synchronize()`` around it on CUDA; float32 on CPU, bf16 autocast on CUDA;
+  ``torch.cuda.synchronize()`` around it on CUDA; the autocast dtype of
+  :func:`pacegeo.precision.resolve_dtype` ("auto") for pruned and unpruned models alike;
 * turning model outputs into numpy predictions (:class:`Prediction`);
 * preparing frames for the model: preprocessing plus ground truth (depth, intrinsics) resampled
   onto the model-input pixel grid (:func:`prepare_frames`);
@@ -348,14 +349,14 @@ def _sync(device: torch.device) -> None:
 
 
 def _forward(model: EvalModel, images: torch.Tensor, keep: float) -> dict:
-    """One forward pass. ``PaceVGGT`` applies its own autocast (bf16 on CUDA, fp16 where bf16 is
-    unsupported, float32 on CPU) around the embedding and the AA stack; the bare backbone gets the
-    same autocast here, so that ``keep = 1`` with and without a pruner runs the same computation."""
+    """One forward pass. ``PaceVGGT`` applies its own autocast (:func:`pacegeo.precision.resolve_dtype`
+    of ``"auto"``); the bare backbone gets the same autocast here, so that ``keep = 1`` with and
+    without a pruner runs the same computation."""
     if model.pruned:
         return model(images, keep)
-    from pacegeo.pace import autocast, resolve_amp_dtype
+    from pacegeo.precision import autocast, resolve_dtype
 
-    with autocast(model.device, resolve_amp_dtype("auto", model.device)):
+    with autocast(model.device, resolve_dtype("auto", model.device)):
         return model(images, keep)
 
 
@@ -364,8 +365,8 @@ def timed_forward(model: EvalModel, images: torch.Tensor, keep: float, warmup: i
     """Run the model on ``[S, 3, H, W]`` images and time the forward pass only.
 
     The images are moved to the device before the clock starts; ``warmup`` untimed passes run
-    first. On CUDA the call runs under bf16 autocast (the heads stay float32) and is bracketed by
-    ``torch.cuda.synchronize()``; on CPU it runs in float32.
+    first. The call runs under the autocast of :func:`pacegeo.precision.resolve_dtype` (``"auto"``;
+    on CUDA the heads stay float32) and is bracketed by ``torch.cuda.synchronize()`` on CUDA.
 
     Returns:
         ``(outputs, latency_ms)``.

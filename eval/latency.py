@@ -37,7 +37,8 @@ import torch
 
 from pacegeo.backbone import VGGT, vggt_1b
 from pacegeo.errors import CheckpointError, PacegeoError
-from pacegeo.pace import STAGES, PaceVGGT, StageClock, backbone_forward_staged, load_pruner, resolve_amp_dtype
+from pacegeo.pace import STAGES, PaceVGGT, StageClock, backbone_forward_staged, load_pruner
+from pacegeo.precision import DTYPE_CHOICES, dtype_name, resolve_dtype
 from pacegeo.pruning import ScorerConfig, TokenScorer, keep_count
 from pacegeo.pruning.flops import forward_flops, ideal_speedup
 
@@ -57,8 +58,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--merge-ratio", type=float, default=0.5, help="fraction of pruned tokens merged, not dropped")
     p.add_argument("--ref-boost", type=float, default=1.0, help="reference-frame keep multiplier")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
-                   help="autocast dtype of the embedding and AA stack (auto: bf16 on CUDA, float32 on CPU)")
+    p.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES,
+                   help="autocast dtype of the forward (auto: pacegeo.precision.resolve_dtype, e.g. bf16 on CUDA)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
@@ -353,8 +354,8 @@ def main(argv=None) -> int:
     except PacegeoError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    amp = resolve_amp_dtype(args.dtype, device)
-    dtype_name = str(amp).replace("torch.", "") if amp is not None else "float32"
+    amp = resolve_dtype(args.dtype, device)
+    dtype = dtype_name(amp)
     keeps = sorted(set(args.keep) | {1.0}, reverse=True)
     if 1.0 not in args.keep:
         print("note: keep 1 added as the speedup baseline")
@@ -362,7 +363,7 @@ def main(argv=None) -> int:
         print("note: --pruner none times the plain backbone only (keep 1)")
         keeps = [1.0]
     print(f"model {args.model} ({model_desc}); pruner {pruner_desc}; {height}x{width} px; device {device} "
-          f"({torch.get_num_threads()} threads); dtype {dtype_name}; median of {args.repeats} after {args.warmup} warm-up")
+          f"({torch.get_num_threads()} threads); dtype {dtype}; median of {args.repeats} after {args.warmup} warm-up")
 
     probe = MemoryProbe(device)
     records = []
@@ -379,7 +380,7 @@ def main(argv=None) -> int:
         base_flops = forward_flops(config, frames, height, width, 1.0, batch=args.batch)
         common = {
             "model": args.model, "pruner": args.pruner, "mode": mode, "frames": frames, "batch": args.batch,
-            "height": height, "width": width, "device": str(device), "dtype": dtype_name,
+            "height": height, "width": width, "device": str(device), "dtype": dtype,
             "threads": torch.get_num_threads(), "merge_ratio": args.merge_ratio, "ref_boost": args.ref_boost,
             "param_bytes": param_bytes, "repeats": args.repeats, "warmup": args.warmup,
         }

@@ -192,7 +192,7 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
             progress=False if args.quiet else None,
         )
         pipe = Pipeline.from_pretrained(
-            choice, pruner=pruner, device=args.device, target_size=args.target_size or choice.target_size
+            choice, pruner=pruner, device=args.device, target_size=args.target_size or choice.target_size, dtype=args.dtype
         )
         if pipe.notice and not args.quiet:
             print(f"pacegeo: note: {pipe.notice}", file=sys.stderr)
@@ -300,7 +300,7 @@ def _cmd_map(args: argparse.Namespace) -> int:
         )
         from pacegeo.pipeline import Pipeline
 
-        pipe = Pipeline.from_pretrained(choice, pruner=args.pruner, device=args.device, target_size=size)
+        pipe = Pipeline.from_pretrained(choice, pruner=args.pruner, device=args.device, target_size=size, dtype=args.dtype)
         if pipe.notice and not args.quiet:
             print(f"pacegeo: note: {pipe.notice}", file=sys.stderr)
 
@@ -349,8 +349,6 @@ def _query_files(items: list[str]) -> list:
 def _cmd_localize(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from pacegeo.errors import InputError
-
     with _WarningHandler():
         # 1. Options; 2. the map; 3. the queries; 4. the report file; all before any work.
         from pacegeo.io.outputs import OutputSpec, check_outputs
@@ -372,7 +370,9 @@ def _cmd_localize(args: argparse.Namespace) -> int:
         # 5. The map's model (or --model), then localization.
         from pacegeo.pipeline import Pipeline
 
-        pipe = Pipeline.from_pretrained(choice, pruner=args.pruner, device=args.device, target_size=store.target_size)
+        pipe = Pipeline.from_pretrained(
+            choice, pruner=args.pruner, device=args.device, target_size=store.target_size, dtype=args.dtype
+        )
         if pipe.notice and not args.quiet:
             print(f"pacegeo: note: {pipe.notice}", file=sys.stderr)
         results = pipe.localize(queries, store=store, top_k=args.top_k, keep=keep, seed=args.seed,
@@ -411,6 +411,8 @@ def _cmd_localize(args: argparse.Namespace) -> int:
 MODEL_HELP = "auto (VGGT-1B if cached, else the bundled pacegeo-tiny), vggt-1b, pacegeo-tiny, or a checkpoint path"
 PRUNER_HELP = "auto (trained pruner if bundled, else training-free), training-free, random, grid, none, or a pruner checkpoint"
 DEVICE_HELP = "auto (CUDA if available), cpu, cuda or cuda:N"
+DTYPE_HELP = ("autocast dtype: auto (bf16 on CUDA, fp16 on older GPUs; on the CPU bf16 where it has native bf16 "
+              "matrix instructions, else float32), float32, bfloat16 or float16")
 
 
 def _add_frame_selection(p: argparse.ArgumentParser) -> None:
@@ -459,6 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="auto", help=MODEL_HELP)
     p.add_argument("--pruner", default="auto", help=PRUNER_HELP)
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"), help=DTYPE_HELP)
     _add_frame_selection(p)
     p.add_argument("--fps", type=float, metavar="F", help="video: frames sampled per second of video (default 2)")
     p.add_argument("--mode", choices=("crop", "pad"), default=None,
@@ -504,6 +507,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vpr", default="auto",
                    help="descriptor head: auto (the bundled VPR head if it fits the model, else gem), gem, or a VPR checkpoint")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"), help=DTYPE_HELP)
     _add_frame_selection(p)
     p.add_argument("--target-size", type=int, default=None, metavar="PX",
                    help="inference width, a multiple of 14 (default: the model's)")
@@ -532,6 +536,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="backbone to use (default: the one the map was built with)")
     p.add_argument("--pruner", default="auto", help=PRUNER_HELP)
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"), help=DTYPE_HELP)
     p.add_argument("--overwrite", action="store_true", help="replace the JSON report if it exists")
     p.add_argument("--seed", type=int, default=0, help="seed of any randomness (random pruning)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars, notes or printed results")

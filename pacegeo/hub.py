@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from pacegeo.backbone import VGGT, VGGTConfig, config_from_dict, config_to_dict, vggt_1b

@@ -2,13 +2,27 @@
 
 Ground truth follows VGGT's training normalisation (frame 0 = identity, scene scale divided by the
 mean distance of valid points), which :mod:`pacegeo.data.clips` produces. All losses return a scalar
-and a dict of detached float components for logging.
+and a dict of detached float components for logging. They compute in float32, also on predictions
+made under autocast (bf16 heads on the CPU).
 """
 
 import torch
 import torch.nn.functional as F
 
 from pacegeo.geometry import extri_intri_to_pose_encoding, pose_encoding_to_extri_intri, quaternion_to_matrix
+
+
+def _float32(outputs: dict) -> dict:
+    """The floating-point tensors of an output dict (and of its lists) in float32 (differentiable)."""
+
+    def convert(value):
+        if isinstance(value, torch.Tensor) and value.is_floating_point():
+            return value.float()
+        if isinstance(value, list):
+            return [convert(v) for v in value]
+        return value
+
+    return {key: convert(value) for key, value in outputs.items()}
 
 
 def geodesic_angle(R_a: torch.Tensor, R_b: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -128,6 +142,7 @@ def vggt_loss(
     ``batch`` holds ``images [B,S,3,H,W]``, ``depths [B,S,H,W]``, ``valid [B,S,H,W]``,
     ``extrinsics [B,S,3,4]``, ``intrinsics [B,S,3,3]``, ``world_points [B,S,H,W,3]``.
     """
+    outputs = _float32(outputs)
     hw = tuple(batch["images"].shape[-2:])
     total = batch["images"].new_zeros(())
     logs: dict[str, float] = {}
@@ -164,6 +179,7 @@ def teacher_loss(student: dict, teacher: dict, weight_camera: float = 1.0) -> tu
     is a smooth L1 on the pose encodings; it is about ten times smaller than the other two at equal
     relative error, hence ``weight_camera``.
     """
+    student, teacher = _float32(student), _float32(teacher)
     parts = {"camera": F.smooth_l1_loss(student["pose_enc"], teacher["pose_enc"], beta=0.05)}
     log_ratio = torch.log(student["depth"].clamp(min=1e-6)) - torch.log(teacher["depth"].clamp(min=1e-6))
     parts["depth"] = log_ratio.abs().mean()

@@ -2,19 +2,25 @@
 
 Forward pass (``keep < 1``)::
 
-    images -> patch embedding (DINO features [B, S, N, C])
+    images -> patch embedding (DINO features [B, S, N, C]), frame chunk by frame chunk
            -> importance scores [B, S, N]           (learned scorer, training-free, random or grid)
            -> per-frame keep budget k, merge budget  (pacegeo.pruning.budget)
            -> keep / merge / drop                    (pacegeo.pruning.merge; special tokens untouched)
            -> AA stack on [B, S, 1 + R + K, C] with the kept tokens' original RoPE positions and
               proportional attention (key bias log(group size), 0 for special tokens)
-           -> restoration of the dense [B, S, 1 + R + N, 2C] entries the heads read
-           -> camera, depth and point heads (unchanged)
+           -> per frame chunk: restoration of the dense [B, chunk, 1 + R + N, 2C] entries the heads
+              read, then the depth and point heads (pacegeo.pruning.stream); then the camera head
 
 ``keep = 1`` (every frame keeps all its tokens) calls the backbone itself, so the outputs are the
-backbone's, bit for bit. On CUDA the embedding and the AA stack run under bf16 autocast (fp16 on
-GPUs without bf16), as VGGT is normally run; scorer, merging, restoration and heads run in float32.
-On CPU everything is float32.
+backbone's, bit for bit.
+
+Precision: one autocast region (:func:`pacegeo.precision.resolve_dtype`, ``"auto"`` by default)
+covers the embedding, the AA stack, the restoration and the heads, for ``keep = 1`` and
+``keep < 1`` alike. Three small pieces stay float32 inside it because they feed discrete choices
+or a sharp softmax, where bf16 rounding would change which tokens are kept or merged: the token
+scorer (under 0.1% of VGGT-1B's FLOPs), the merge assignment (cosine similarities of every token to
+its frame's slots) and the restoration's interpolation weights (cosine similarities divided by a
+temperature of 0.1). The matrix products that carry the cost run in the autocast dtype.
 
 The backbone is frozen (``requires_grad`` off, always in eval mode) and never modified.
 """
@@ -24,7 +30,7 @@ import contextvars
 import json
 import logging
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -34,6 +40,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from pacegeo.errors import CheckpointError, InputError
+from pacegeo.precision import autocast, no_autocast, resolve_dtype
 from pacegeo.pruning.budget import (
     frame_keep_counts,
     importance_mass,
@@ -45,6 +52,7 @@ from pacegeo.pruning.budget import (
 )
 from pacegeo.pruning.merge import TokenReduction, gather_tokens, reduce_tokens, straight_through_mask, topk_mask
 from pacegeo.pruning.restore import FeatureGuidedRestoration, RestorationConfig
+from pacegeo.pruning.stream import default_chunk, streamed_heads
 from pacegeo.pruning.scorer import ScorerConfig, TokenScorer
 from pacegeo.pruning.training_free import (
     distinctiveness_scores,
@@ -100,42 +108,24 @@ class StageClock:
             listener(stage)
 
 
-def resolve_amp_dtype(amp_dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype for the embedding and the AA stack: ``"auto"`` is bf16 on CUDA (fp16 where
-    bf16 is unsupported) and None (float32) elsewhere."""
-    if amp_dtype == "auto":
-        if device.type != "cuda":
-            return None
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if amp_dtype in (None, "float32", torch.float32):
-        return None
-    if amp_dtype in ("bfloat16", torch.bfloat16):
-        return torch.bfloat16
-    if amp_dtype in ("float16", torch.float16):
-        return torch.float16
-    raise InputError(f"unsupported autocast dtype {amp_dtype!r}; use 'auto', 'float32', 'bfloat16' or 'float16'")
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None):
-    """Autocast context for ``dtype`` on ``device`` (a no-op for None)."""
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
-
-
-def no_autocast(device: torch.device):
-    """Float32 region inside an autocast one."""
-    if device.type in ("cuda", "cpu"):
-        return torch.autocast(device.type, enabled=False)
-    return contextlib.nullcontext()
-
-
 def _check_images(images: torch.Tensor) -> torch.Tensor:
     if images.dim() == 4:
         images = images.unsqueeze(0)
     if images.dim() != 5 or images.shape[2] != 3:
         raise InputError(f"expected images [B, S, 3, H, W], got {tuple(images.shape)}")
     return images
+
+
+def _to_device(out: dict, device: torch.device | str) -> dict:
+    """The tensors of an output dict (and of its lists) moved to ``device``."""
+    moved = {}
+    for key, value in out.items():
+        if isinstance(value, torch.Tensor):
+            value = value.to(device)
+        elif isinstance(value, list):
+            value = [v.to(device) if isinstance(v, torch.Tensor) else v for v in value]
+        moved[key] = value
+    return moved
 
 
 def backbone_forward_staged(
@@ -181,9 +171,12 @@ class PaceVGGT(nn.Module):
             standardised scores (0: the scorer alone). It spreads the kept set over the image
             while the scorer decides between neighbouring tokens; saved with the pruner.
         seed: seed of the random baseline (the same selection at every call).
-        amp_dtype: ``"auto"``, None/``"float32"``, ``"bfloat16"`` or ``"float16"`` for the
-            embedding and the AA stack.
+        amp_dtype: ``"auto"``, None/``"float32"``, ``"bfloat16"`` or ``"float16"``, resolved by
+            :func:`pacegeo.precision.resolve_dtype` (the autocast region of the whole forward).
         st_temperature: temperature of the straight-through mask of ``forward(..., soft=True)``.
+        frames_chunk: frames per chunk of the frame-wise stages of a pruned forward (embedding,
+            scoring, selection, restoration and heads); default: the DPT heads'
+            ``frames_chunk_size``. It bounds memory only: the outputs do not depend on it.
     """
 
     def __init__(
@@ -200,6 +193,7 @@ class PaceVGGT(nn.Module):
         seed: int = 0,
         amp_dtype: str | torch.dtype | None = "auto",
         st_temperature: float = 1.0,
+        frames_chunk: int | None = None,
     ) -> None:
         super().__init__()
         if mode not in MODES:
@@ -220,6 +214,9 @@ class PaceVGGT(nn.Module):
         self.seed = int(seed)
         self.amp_dtype = amp_dtype
         self.st_temperature = float(st_temperature)
+        if frames_chunk is not None and (isinstance(frames_chunk, bool) or not isinstance(frames_chunk, int) or frames_chunk < 1):
+            raise InputError(f"frames_chunk must be a positive integer, got {frames_chunk!r}")
+        self.frames_chunk = frames_chunk or default_chunk(backbone)
         device = next(backbone.parameters()).device
         self.restoration.to(device)
         if self.scorer is not None:
@@ -239,36 +236,70 @@ class PaceVGGT(nn.Module):
 
     # -- stages ----------------------------------------------------------------------------------
 
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """DINO patch features ``[B, S, N, C]`` of ``images [B, S, 3, H, W]``, computed
+        ``frames_chunk`` frames at a time (the backbone's :meth:`Aggregator.embed` on each chunk)."""
+        agg = self.backbone.aggregator
+        s, chunk = images.shape[1], self.frames_chunk
+        if s <= chunk:
+            return agg.embed(images)
+        first = agg.embed(images[:, :chunk])
+        feats = first.new_empty(first.shape[0], s, *first.shape[2:])
+        feats[:, :chunk] = first
+        del first
+        for start in range(chunk, s, chunk):
+            feats[:, start : start + chunk] = agg.embed(images[:, start : start + chunk])
+        return feats
+
     def score(self, feats: torch.Tensor, grid_hw: tuple[int, int]) -> torch.Tensor:
-        """Importance logits ``[B, S, N]`` (float32) of patch features ``[B, S, N, C]`` for this mode."""
+        """Importance logits ``[B, S, N]`` (float32) of patch features ``[B, S, N, C]`` for this mode.
+
+        Computed in float32 (outside any autocast), ``frames_chunk`` frames at a time: the top-k
+        choice downstream is discrete, and bf16 logits would reorder near-equal tokens."""
         b, s, n, _ = feats.shape
-        if self.mode == "learned":
-            with no_autocast(feats.device):
-                logits = self.scorer(feats.float(), grid_hw).float()
-            if self.learned_coverage:
-                logits = standardize_with_coverage(logits, grid_hw, self.learned_coverage)
-            return logits
-        if self.mode == "training-free":
-            return distinctiveness_scores(feats, grid_hw, coverage=self.coverage)
-        if self.mode == "random":
-            return random_scores(b, s, n, seed=self.seed, device=feats.device)
-        return grid_scores(b, s, grid_hw, device=feats.device)
+        with no_autocast(feats.device):
+            if self.mode == "random":
+                return random_scores(b, s, n, seed=self.seed, device=feats.device)
+            if self.mode == "grid":
+                return grid_scores(b, s, grid_hw, device=feats.device)
+            parts = []
+            for start in range(0, s, self.frames_chunk):
+                part = feats[:, start : start + self.frames_chunk]
+                if self.mode == "learned":
+                    logits = self.scorer(part.float(), grid_hw).float()
+                    if self.learned_coverage:
+                        logits = standardize_with_coverage(logits, grid_hw, self.learned_coverage)
+                else:
+                    logits = distinctiveness_scores(part, grid_hw, coverage=self.coverage)
+                parts.append(logits)
+            return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
     def reduce(
         self, feats: torch.Tensor, scores: torch.Tensor, counts: list[int], merge_ratio: float
     ) -> tuple[TokenReduction, torch.Tensor]:
         """Keep ``counts[s]`` tokens per frame and merge ``merge_ratio`` of the pruned ones, split by
-        importance. Returns the reduction and the per-frame merge budgets ``[B, S]``."""
+        importance. Returns the reduction and the per-frame merge budgets ``[B, S]``.
+
+        Float32 (outside any autocast): which tokens merge where is decided by cosine
+        similarities. The merge budgets are split over all frames; the reduction itself is
+        computed ``frames_chunk`` frames at a time (frames are independent given their budgets)."""
         b, s, n, _ = feats.shape
-        k = torch.tensor(counts, device=feats.device)
-        pruned = n - k  # [S]
-        total = total_merge_budget(merge_ratio, pruned.tolist())
-        if total:
-            kept_mask = topk_mask(scores, k)
-            budgets = split_merge_budget(importance_mass(scores, kept_mask), total, pruned)
-        else:
-            budgets = torch.zeros(b, s, dtype=torch.long, device=feats.device)
-        return reduce_tokens(feats, scores, k, budgets), budgets
+        with no_autocast(feats.device):
+            k = torch.tensor(counts, device=feats.device)
+            pruned = n - k  # [S]
+            total = total_merge_budget(merge_ratio, pruned.tolist())
+            if total:
+                kept_mask = topk_mask(scores, k)
+                budgets = split_merge_budget(importance_mass(scores, kept_mask), total, pruned)
+            else:
+                budgets = torch.zeros(b, s, dtype=torch.long, device=feats.device)
+            width, chunk = max(counts), self.frames_chunk
+            parts = [
+                reduce_tokens(feats[:, i : i + chunk], scores[:, i : i + chunk], k[i : i + chunk],
+                              budgets[:, i : i + chunk], width=width)
+                for i in range(0, s, chunk)
+            ]
+        return TokenReduction.cat(parts), budgets
 
     # -- forward ---------------------------------------------------------------------------------
 
@@ -280,6 +311,7 @@ class PaceVGGT(nn.Module):
         ref_boost: float | None = None,
         soft: bool = False,
         timings: bool = False,
+        output_device: torch.device | str | None = None,
     ) -> dict:
         """Predict cameras, depth and points with ``keep`` of the patch tokens.
 
@@ -292,6 +324,9 @@ class PaceVGGT(nn.Module):
                 that a loss on the outputs sends gradients to the scorer.
             timings: record per-stage wall-clock seconds in ``out["pruning"]["timings"]``
                 (synchronises CUDA between stages).
+            output_device: where the predictions are gathered (default: the images' device). With
+                ``"cpu"`` a pruned forward moves the dense predictions off the accelerator one
+                frame chunk at a time.
         Returns:
             The backbone's output dict (``pose_enc [B, S, 9]``, ``pose_enc_list``,
             ``depth [B, S, H, W, 1]``, ``depth_conf``, ``world_points [B, S, H, W, 3]``,
@@ -310,7 +345,7 @@ class PaceVGGT(nn.Module):
         n = grid_hw[0] * grid_hw[1]
         psi = agg.patch_start_idx
         device = images.device
-        amp = resolve_amp_dtype(self.amp_dtype, device)
+        amp = resolve_dtype(self.amp_dtype, device)
         counts = frame_keep_counts(keep, n, s, ref_boost)
         clock = StageClock(device, timings)
         stats = {
@@ -331,6 +366,8 @@ class PaceVGGT(nn.Module):
             else:
                 with autocast(device, amp):
                     out = backbone(images)
+            if output_device is not None:
+                out = _to_device(out, output_device)
             zeros = [[0] * s for _ in range(b)]
             stats.update(
                 kept_per_frame=counts,
@@ -349,40 +386,40 @@ class PaceVGGT(nn.Module):
             return out
 
         with autocast(device, amp):
-            feats = agg.embed(images)  # [B, S, N, C]
-        clock.mark("embed")
-        scores = self.score(feats, grid_hw)
-        clock.mark("scorer")
-
-        with no_autocast(device):
+            feats = self.embed(images)  # [B, S, N, C]
+            clock.mark("embed")
+            scores = self.score(feats, grid_hw)
+            clock.mark("scorer")
             reduction, budgets = self.reduce(feats, scores, counts, merge_ratio)
-            slots = reduction.tokens  # [B, S, K, C]
-            if soft:
-                mask = straight_through_mask(scores, torch.tensor(counts, device=device), self.st_temperature)
-                slots = slots * gather_tokens(mask[..., None], reduction.kept_idx).to(slots.dtype)
-            width_k = slots.shape[2]
-            tokens = torch.cat((agg.special_tokens(b, s).to(slots.dtype), slots), dim=2)
-            pos = None
-            if agg.rope is not None:
-                grid_pos = agg.patch_positions(*grid_hw, device=device)  # [P, 2]
-                kept_pos = grid_pos[psi:][reduction.kept_idx]  # [B, S, K, 2] original positions
-                special_pos = repeat(grid_pos[:psi], "p two -> b s p two", b=b, s=s)
-                pos = torch.cat((special_pos, kept_pos), dim=2)
-            bias = None
-            if bool((reduction.sizes != 1).any()):  # merged groups or padded slots
-                log_sizes = reduction.attn_bias()
-                bias = torch.cat((log_sizes.new_zeros(b, s, psi), log_sizes), dim=2)
-        clock.mark("select")
-
-        with autocast(device, amp):
+            with no_autocast(device):
+                slots = reduction.tokens  # [B, S, K, C]
+                if soft:
+                    mask = straight_through_mask(scores, torch.tensor(counts, device=device), self.st_temperature)
+                    slots = slots * gather_tokens(mask[..., None], reduction.kept_idx).to(slots.dtype)
+                width_k = slots.shape[2]
+                tokens = torch.cat((agg.special_tokens(b, s).to(slots.dtype), slots), dim=2)
+                del slots
+                # The slot features now live in `tokens`, and restoration does not read them: free them.
+                reduction = replace(reduction, tokens=reduction.tokens.new_empty(b, s, 0, reduction.tokens.shape[-1]))
+                pos = None
+                if agg.rope is not None:
+                    grid_pos = agg.patch_positions(*grid_hw, device=device)  # [P, 2]
+                    kept_pos = grid_pos[psi:][reduction.kept_idx]  # [B, S, K, 2] original positions
+                    special_pos = repeat(grid_pos[:psi], "p two -> b s p two", b=b, s=s)
+                    pos = torch.cat((special_pos, kept_pos), dim=2)
+                bias = None
+                if bool((reduction.sizes != 1).any()):  # merged groups or padded slots
+                    log_sizes = reduction.attn_bias()
+                    bias = torch.cat((log_sizes.new_zeros(b, s, psi), log_sizes), dim=2)
+            clock.mark("select")
             entries = agg.run_blocks(tokens, pos, attn_bias=bias, keep_layers=backbone.head_layers())
-        clock.mark("aa")
-        with no_autocast(device):
-            entries = [None if e is None else e.float() for e in entries]
-            dense = self.restoration(entries, reduction, feats.float(), grid_hw, psi)
-        clock.mark("restoration")
-        out = backbone.predict(dense, (height, width), psi)
-        clock.mark("heads")
+            del tokens
+            clock.mark("aa")
+            out = streamed_heads(
+                backbone, self.restoration, entries, reduction, feats, grid_hw, (height, width),
+                chunk=self.frames_chunk, output_device=output_device, clock=clock,
+            )
+        del entries, feats
         if not backbone.training:
             out["images"] = images
 

@@ -36,8 +36,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pacegeo.errors import CheckpointError, InputError, OutputError, option
+from pacegeo.errors import CheckpointError, InputError, option
 from pacegeo.options import check_count, check_keep, check_seed
+from pacegeo.precision import dtype_name, resolve_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -215,30 +216,6 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
             raise InputError(f"device {device} does not exist ({torch.cuda.device_count()} CUDA devices)")
     elif resolved.type != "cpu":
         raise InputError(f"unsupported device {device!r}; use auto, cpu, cuda or cuda:N")
-    return resolved
-
-
-def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype of the embedding and attention stack (None = float32).
-
-    ``"auto"``: bf16 on CUDA devices of compute capability 8.0 or newer, fp16 on older ones,
-    float32 on the CPU. The heads always compute in float32.
-    """
-    if dtype in ("auto", None):
-        if dtype is None or device.type != "cuda":
-            return None
-        major, _ = torch.cuda.get_device_capability(device)
-        return torch.bfloat16 if major >= 8 else torch.float16
-    table = {
-        "float32": None, "fp32": None, torch.float32: None,
-        "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, torch.bfloat16: torch.bfloat16,
-        "float16": torch.float16, "fp16": torch.float16, torch.float16: torch.float16,
-    }
-    if dtype not in table:
-        raise InputError(f"unsupported dtype {dtype!r}; use auto, float32, bfloat16 or float16")
-    resolved = table[dtype]
-    if resolved is not None and device.type == "cpu" and resolved == torch.float16:
-        raise InputError("float16 is not supported on the CPU; use float32 or bfloat16")
     return resolved
 
 
@@ -1047,8 +1024,10 @@ class Pipeline:
                 backbone if present, else ``"training-free"``), ``"training-free"``, ``"random"``,
                 ``"grid"``, a pruner checkpoint path, or ``"none"``/None (no pruning: ``keep`` must be 1).
             device: ``"auto"`` (CUDA if available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
-            dtype: autocast dtype of the embedding and attention (``"auto"``: bf16 on CUDA with
-                compute capability >= 8.0, fp16 below, float32 on CPU; or float32/bfloat16/float16).
+            dtype: autocast dtype of the whole forward, resolved by
+                :func:`pacegeo.precision.resolve_dtype` (``"auto"``: bf16 on CUDA with compute
+                capability >= 8.0, fp16 below; on the CPU bf16 where it has native bf16 matrix
+                instructions, else float32; or float32/bfloat16/float16).
             target_size: inference width (crop) or longer side (pad); default from the checkpoint's
                 ``preprocess`` metadata, else 518.
 
@@ -1320,7 +1299,7 @@ class Pipeline:
             model_name=self.model.name if self.model is not None else self.config.name,
             pruner_mode=self.pruner_mode,
             device=str(self.device),
-            dtype=str(self.amp_dtype).replace("torch.", "") if self.amp_dtype is not None else "float32",
+            dtype=dtype_name(self.amp_dtype),
             preprocess_mode=prepared.mode,
             skipped=list(prepared.skipped),
             input_paths=[*prepared.paths, *self.weight_paths],

@@ -104,7 +104,7 @@ def test_keep_one_matches_the_unpruned_model(work, model_path, capsys):
     out = work / "out"
     code, stdout, err = run(
         ["reconstruct", work / "frames", "--keep", "1", "-o", out / "scene.ply", "--model", model_path,
-         "--conf", "0", "--export", "npz", "-q"],
+         "--conf", "0", "--export", "npz", "-q", "--dtype", "float32"],
         capsys,
     )
     assert code == 0, err

@@ -45,7 +45,8 @@ def frames_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def pipe(model_path) -> Pipeline:
-    return Pipeline.from_pretrained(model_path, pruner="training-free", device="cpu")
+    # float32: several tests compare numbers with the float32 backbone
+    return Pipeline.from_pretrained(model_path, pruner="training-free", device="cpu", dtype="float32")
 
 
 @pytest.fixture(scope="module")

@@ -60,6 +60,8 @@ def case(request, conv_model, dino_model):
 
 
 def _pace(model, mode, **kwargs):
+    """A pruner in float32 (these tests compare numbers with the float32 backbone)."""
+    kwargs.setdefault("amp_dtype", "float32")
     scorer = None
     if mode == "learned":
         torch.manual_seed(2)
@@ -310,22 +312,25 @@ def test_training_free_scores_prefer_distinct_tokens():
 
 
 def _capture(monkeypatch, model):
-    """Record the arguments and outputs of run_blocks and the entries handed to predict."""
-    calls = {}
+    """Record the arguments and outputs of run_blocks and the dense entries handed to the depth
+    and point heads (chunk by chunk, concatenated over frames)."""
+    calls = {"chunks": []}
     agg = model.aggregator
-    run_blocks, predict = agg.run_blocks, model.predict
+    run_blocks, predict_dense = agg.run_blocks, model.predict_dense
 
     def run_blocks_spy(tokens, pos, attn_bias=None, keep_layers=None):
         out = run_blocks(tokens, pos, attn_bias=attn_bias, keep_layers=keep_layers)
         calls.update(tokens=tokens, pos=pos, bias=attn_bias, entries=out)
         return out
 
-    def predict_spy(tokens_list, image_hw, patch_start_idx):
-        calls["dense"] = tokens_list
-        return predict(tokens_list, image_hw, patch_start_idx)
+    def predict_dense_spy(tokens_list, image_hw, patch_start_idx):
+        calls["chunks"].append(tokens_list)
+        parts = list(zip(*calls["chunks"]))
+        calls["dense"] = [None if p[0] is None else torch.cat(p, dim=1) for p in parts]
+        return predict_dense(tokens_list, image_hw, patch_start_idx)
 
     monkeypatch.setattr(agg, "run_blocks", run_blocks_spy)
-    monkeypatch.setattr(model, "predict", predict_spy)
+    monkeypatch.setattr(model, "predict_dense", predict_dense_spy)
     return calls
 
 
@@ -338,7 +343,7 @@ def test_special_tokens_positions_and_bias_reach_the_aa_stack(monkeypatch, dino_
     calls = _capture(monkeypatch, model)
     with torch.no_grad():
         feats = agg.embed(images)
-        out = PaceVGGT(model, mode="training-free")(images, keep=0.3, merge_ratio=merge_ratio)
+        out = PaceVGGT(model, mode="training-free", amp_dtype="float32")(images, keep=0.3, merge_ratio=merge_ratio)
     stats = out["pruning"]
     tokens, pos, bias = calls["tokens"], calls["pos"], calls["bias"]
     k = stats["kept_per_frame"][0]
@@ -371,11 +376,13 @@ def test_restored_kept_positions_equal_their_aa_outputs(monkeypatch, dino_model,
     psi = model.aggregator.patch_start_idx
     calls = _capture(monkeypatch, model)
     with torch.no_grad():
-        PaceVGGT(model, mode="training-free")(images, keep=0.5, merge_ratio=merge_ratio)
+        PaceVGGT(model, mode="training-free", amp_dtype="float32", frames_chunk=2)(images, keep=0.5, merge_ratio=merge_ratio)
+    assert len(calls["chunks"]) == 2  # 3 frames, 2 per chunk
     pos = calls["pos"]
     index = (pos[:, :, psi:, 0] - 1) * 5 + (pos[:, :, psi:, 1] - 1)  # grid index of each slot
     for layer in model.head_layers():
         entry, dense = calls["entries"][layer], calls["dense"][layer]
+        assert dense.shape[1] == 3
         assert dense.shape[2] == psi + 20
         assert torch.equal(dense[:, :, :psi], entry[:, :, :psi])  # special tokens pass through
         restored = gather_tokens(dense[:, :, psi:], index)
@@ -447,14 +454,14 @@ def test_camera_correction_starts_neutral_and_moves_only_the_camera(tmp_path, co
     pace.zero_grad(set_to_none=True)
     pace.eval()
     # saved with the pruner and restored from it
-    loaded = load_pruner(save_pruner(pace, tmp_path / "pruner.safetensors"), conv_model)
+    loaded = load_pruner(save_pruner(pace, tmp_path / "pruner.safetensors"), conv_model, amp_dtype="float32")
     with torch.no_grad():
         assert torch.equal(loaded(images, keep=0.5)["pose_enc"], moved["pose_enc"])
 
 
 def test_reference_frame_boost_pads_and_masks(dino_model):
     images = torch.rand(1, 3, 3, 56, 70)
-    pace = PaceVGGT(dino_model, mode="training-free", ref_boost=2.0)
+    pace = PaceVGGT(dino_model, mode="training-free", ref_boost=2.0, amp_dtype="float32")
     with torch.no_grad():
         out = pace(images, keep=0.3)
         ref = dino_model(images)
@@ -499,7 +506,7 @@ def test_pruner_checkpoint_round_trip(tmp_path, conv_model):
     with torch.no_grad():
         pace.restoration.residuals[str(max(conv_model.head_layers()))].fc2.bias.fill_(0.1)
     path = save_pruner(pace, tmp_path / "pruner.safetensors")
-    loaded = load_pruner(path, conv_model)
+    loaded = load_pruner(path, conv_model, amp_dtype="float32")
     assert loaded.mode == "learned"
     images = torch.rand(1, 2, 3, 28, 42)
     with torch.no_grad():

@@ -2,8 +2,6 @@
 output set, for every case; and the judge itself catches what it is meant to."""
 
 import os
-import shutil
-import sys
 from pathlib import Path
 
 import pytest

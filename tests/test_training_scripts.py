@@ -15,6 +15,17 @@ TRAIN_DIR = Path(__file__).resolve().parents[1] / "train"
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+@pytest.fixture(autouse=True)
+def _fresh_accelerate_state():
+    """Each script builds its own Accelerator (mixed precision from --dtype); accelerate keeps one
+    per process, which other test modules may have created with other settings."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(True)
+    yield
+    AcceleratorState._reset_state(True)
+
+
 def _load(name: str):
     return load_script(TRAIN_DIR / f"{name}.py", "pacegeo_train")
 

@@ -37,7 +37,9 @@ from accelerate.utils import set_seed
 
 from pacegeo.backbone import VGGT, pacegeo_tiny
 from pacegeo.data.stream import StreamConfig, SynthClipBatches, SynthClipStream
+from pacegeo.errors import PacegeoError
 from pacegeo.hub import load_backbone, read_metadata, save_backbone
+from pacegeo.precision import DTYPE_CHOICES, mixed_precision_name, resolve_dtype
 from pacegeo.losses import vggt_loss
 from pacegeo.metrics import depth_metrics, relative_pose_errors
 from pacegeo.geometry import pose_encoding_to_extri_intri
@@ -119,6 +121,8 @@ def parse_args(argv=None):
     p.add_argument("--val-every", type=int, default=500, help="steps between validation runs")
     p.add_argument("--export", type=Path, default=None, help="also write a float16 copy here at each save")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all)")
+    p.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES,
+                   help="autocast dtype (pacegeo.precision.resolve_dtype; auto: bf16 on CUDA and on CPUs with native bf16)")
     p.add_argument("--reset-layerscale", type=float, default=None,
                    help="set the AA and camera-trunk LayerScale gammas to this value before training")
     p.add_argument("--reset-camera-head", action="store_true",
@@ -170,7 +174,12 @@ def main(argv=None) -> int:
     if height % 14 or width % 14:
         print(f"error: --size {args.size}: both sides must be multiples of 14", file=sys.stderr)
         return 2
-    accelerator = Accelerator(mixed_precision="bf16" if torch.cuda.is_available() else "no")
+    try:
+        amp = resolve_dtype(args.dtype, "cuda" if torch.cuda.is_available() else "cpu")
+    except PacegeoError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    accelerator = Accelerator(mixed_precision=mixed_precision_name(amp))
     set_seed(args.seed + accelerator.process_index)
     device = accelerator.device
 

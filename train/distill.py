@@ -31,6 +31,7 @@ from pacegeo.data.stream import StreamConfig, SynthClipStream
 from pacegeo.errors import PacegeoError
 from pacegeo.hub import load_backbone, read_metadata, resolve_weights
 from pacegeo.pace import PaceVGGT, load_pruner, save_pruner
+from pacegeo.precision import DTYPE_CHOICES, mixed_precision_name, resolve_dtype
 from pacegeo.pruning import ScorerConfig, TokenScorer
 from pacegeo.pruning.distill import attention_targets, distillation_loss, topk_overlap
 
@@ -108,14 +109,15 @@ def setup_training(args, **init_kwargs):
         raise PacegeoError(f"--min-frames {args.min_frames} must be between 1 and --frames {args.frames}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    accelerator = Accelerator(mixed_precision="bf16" if torch.cuda.is_available() else "no")
+    amp = resolve_dtype(args.dtype, "cuda" if torch.cuda.is_available() else "cpu")
+    accelerator = Accelerator(mixed_precision=mixed_precision_name(amp))
     set_seed(args.seed + accelerator.process_index)
     backbone = load_backbone(args.model, device=accelerator.device)
     height, width = model_size(args.model, args.size)
     if args.init:
-        pace = load_pruner(args.init, backbone, **init_kwargs)
+        pace = load_pruner(args.init, backbone, amp_dtype=amp, **init_kwargs)
     else:
-        pace = PaceVGGT(backbone, scorer=TokenScorer(ScorerConfig.for_backbone(backbone)), mode="learned")
+        pace = PaceVGGT(backbone, scorer=TokenScorer(ScorerConfig.for_backbone(backbone)), mode="learned", amp_dtype=amp)
     return accelerator, backbone, pace, (height, width)
 
 
@@ -138,6 +140,8 @@ def training_parser(description: str, *, out: str, minutes: float, batch: int, l
     p.add_argument("--lr", type=float, default=lr)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES,
+                   help="autocast dtype (pacegeo.precision.resolve_dtype; auto: bf16 on CUDA and on CPUs with native bf16)")
     return p
 
 

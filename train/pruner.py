@@ -39,12 +39,13 @@ def parse_args(argv=None):
     p.add_argument("--no-camera-correction", action="store_true", help="leave out the restoration's camera-token correction")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--dtype", default="auto", help="autocast dtype of both stages (see distill --dtype)")
     return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    shared = ["--model", args.model, "--frames", str(args.frames), "--seed", str(args.seed)]
+    shared = ["--model", args.model, "--frames", str(args.frames), "--seed", str(args.seed), "--dtype", args.dtype]
     for flag, value in (("--images", args.images), ("--size", args.size), ("--threads", args.threads),
                         ("--max-steps", args.max_steps)):
         if value is not None:

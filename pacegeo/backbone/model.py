@@ -12,7 +12,8 @@ from pacegeo.backbone.dpt_head import DPTHead
 
 
 def heads_autocast_off(device: torch.device):
-    """The heads always compute in float32, even when the caller runs the model under autocast."""
+    """On CUDA the heads compute in float32 even when the caller runs the model under autocast
+    (as the official VGGT does); elsewhere they follow the caller's autocast."""
     if device.type == "cuda":
         return torch.autocast("cuda", enabled=False)
     return contextlib.nullcontext()
@@ -43,24 +44,40 @@ class VGGT(nn.Module):
         """Aggregator output entries that some head reads."""
         return self.config.head_layers()
 
-    def predict(
-        self, tokens_list: list[torch.Tensor | None], image_hw: tuple[int, int], patch_start_idx: int
-    ) -> dict[str, torch.Tensor | list[torch.Tensor]]:
-        """Run the heads on aggregator outputs (dense ``[B, S, P, 2C]`` entries)."""
+    def predict_cameras(self, camera_tokens: torch.Tensor) -> dict[str, torch.Tensor | list[torch.Tensor]]:
+        """The camera head on the camera tokens ``[B, S, 2C]`` (token 0 of the last aggregator
+        entry): ``pose_enc [B, S, 9]`` and ``pose_enc_list``. Empty without a camera head."""
         out: dict[str, torch.Tensor | list[torch.Tensor]] = {}
-        last = tokens_list[-1]
+        if self.camera_head is None:
+            return out
+        with heads_autocast_off(camera_tokens.device):
+            pose_list = self.camera_head(camera_tokens.float())
+        out["pose_enc"] = pose_list[-1]
+        out["pose_enc_list"] = pose_list
+        return out
+
+    def predict_dense(
+        self, tokens_list: list[torch.Tensor | None], image_hw: tuple[int, int], patch_start_idx: int
+    ) -> dict[str, torch.Tensor]:
+        """The depth and point heads on dense entries ``[B, S, P, 2C]`` (any number of frames ``S``:
+        frames are independent, so a caller may feed them chunk by chunk)."""
+        out: dict[str, torch.Tensor] = {}
         device = next(t for t in tokens_list if t is not None).device
         with heads_autocast_off(device):
-            if self.camera_head is not None:
-                pose_list = self.camera_head(last[:, :, 0].float())
-                out["pose_enc"] = pose_list[-1]
-                out["pose_enc_list"] = pose_list
             if self.depth_head is not None:
                 depth, conf = self.depth_head(tokens_list, image_hw, patch_start_idx)
                 out["depth"], out["depth_conf"] = depth, conf
             if self.point_head is not None:
                 points, conf = self.point_head(tokens_list, image_hw, patch_start_idx)
                 out["world_points"], out["world_points_conf"] = points, conf
+        return out
+
+    def predict(
+        self, tokens_list: list[torch.Tensor | None], image_hw: tuple[int, int], patch_start_idx: int
+    ) -> dict[str, torch.Tensor | list[torch.Tensor]]:
+        """Run the heads on aggregator outputs (dense ``[B, S, P, 2C]`` entries)."""
+        out = self.predict_cameras(tokens_list[-1][:, :, 0]) if self.camera_head is not None else {}
+        out.update(self.predict_dense(tokens_list, image_hw, patch_start_idx))
         return out
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor | list[torch.Tensor]]:

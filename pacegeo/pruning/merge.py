@@ -13,7 +13,7 @@ token to the slot holding it (or -1 if dropped), which :func:`unmerge` and :func
 use to go back to the dense grid.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
@@ -60,6 +60,17 @@ class TokenReduction:
     def attn_bias(self) -> torch.Tensor:
         """``[B, S, K]`` proportional-attention bias ``log(size)`` (``-inf`` on padded slots)."""
         return torch.log(self.sizes)
+
+    def frames(self, start: int, stop: int) -> "TokenReduction":
+        """The reduction of frames ``start:stop`` (views, same slot width ``K``)."""
+        return TokenReduction(*(getattr(self, f.name)[:, start:stop] for f in fields(self)))
+
+    @staticmethod
+    def cat(parts: "list[TokenReduction]") -> "TokenReduction":
+        """Concatenate reductions of consecutive frame chunks (same ``B``, ``N`` and ``K``)."""
+        if len(parts) == 1:
+            return parts[0]
+        return TokenReduction(*(torch.cat([getattr(p, f.name) for p in parts], dim=1) for f in fields(TokenReduction)))
 
 
 def _as_frame_counts(k: int | list[int] | torch.Tensor, frames: int, device) -> torch.Tensor:
@@ -118,6 +129,7 @@ def reduce_tokens(
     merge_budget: torch.Tensor | int = 0,
     metric: torch.Tensor | None = None,
     sizes: torch.Tensor | None = None,
+    width: int | None = None,
 ) -> TokenReduction:
     """Keep the top-``k`` tokens of every frame and merge or drop the rest.
 
@@ -129,6 +141,8 @@ def reduce_tokens(
             values above a frame's pruned count merge all of them.
         metric: ``[B, S, N, D]`` features for the cosine similarity (default ``x``).
         sizes: ``[B, S, N]`` sizes of the input tokens (default all 1) for the weighted mean.
+        width: slots per frame ``K`` (default ``max(k)``; larger values pad every frame), so that
+            reductions of frame chunks have one width.
     Returns:
         A :class:`TokenReduction`; ``tokens`` has ``x``'s dtype.
     """
@@ -137,7 +151,10 @@ def reduce_tokens(
     if int(counts.min()) < 1 or int(counts.max()) > n:
         raise ValueError(f"keep counts must be in [1, {n}], got {counts.tolist()}")
     kept_mask = topk_mask(scores, counts)
-    kept_idx, valid = kept_indices(kept_mask, int(counts.max()))
+    width = int(counts.max()) if width is None else int(width)
+    if width < int(counts.max()):
+        raise ValueError(f"width {width} is below the largest keep count {int(counts.max())}")
+    kept_idx, valid = kept_indices(kept_mask, width)
     slot_of = torch.cumsum(kept_mask.long(), dim=-1) - 1  # slot of each kept token (grid order)
 
     budget = torch.as_tensor(merge_budget, dtype=torch.long, device=x.device)

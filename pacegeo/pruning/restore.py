@@ -21,7 +21,14 @@ fraction])`` with a zero-initialised output layer: the special tokens attended o
 tokens than the heads were trained with, and this shift is what moves the predicted cameras.
 
 Only the pruned positions are computed (``N - k`` per frame); the work shared by all layers
-(similarities, weights, indices) is done once per forward (:meth:`FeatureGuidedRestoration.plan`).
+(similarities, weights, indices) is done once per forward, or once per frame chunk
+(:meth:`FeatureGuidedRestoration.plan`). Frames are independent: :mod:`pacegeo.pruning.stream`
+restores one chunk of frames at a time inside the heads' loop, with the same numbers as
+:meth:`FeatureGuidedRestoration.forward`, which restores all frames at once.
+
+The interpolation weights are computed in float32 even inside an autocast region: the cosine
+similarities are divided by ``temperature`` (0.1) before the softmax, which would amplify the
+rounding of a bf16 product (about 4e-3) into weight errors of about 4%.
 """
 
 import logging
@@ -31,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pacegeo.precision import no_autocast
 from pacegeo.pruning.merge import TokenReduction, gather_tokens, kept_indices
 
 logger = logging.getLogger(__name__)
@@ -173,11 +181,13 @@ class FeatureGuidedRestoration(nn.Module):
         width = n - int(reduction.kept_mask.sum(dim=-1).min())
         pruned_idx, pruned_valid = kept_indices(~reduction.kept_mask, width)
         padded = not (bool(reduction.valid.all()) and bool(pruned_valid.all()))
+        with no_autocast(feats.device):
+            weights = self.interpolation_weights(feats, reduction, grid_hw, pruned_idx)
         return {
             "feats": gather_tokens(feats, pruned_idx),
             "merged": torch.gather(reduction.merged_mask, -1, pruned_idx),
             "target": torch.gather(reduction.assignment, -1, pruned_idx).clamp(min=0),
-            "weights": self.interpolation_weights(feats, reduction, grid_hw, pruned_idx),
+            "weights": weights,
             "kept_dst": torch.where(reduction.valid, reduction.kept_idx, torch.full_like(reduction.kept_idx, n)),
             "pruned_dst": torch.where(pruned_valid, pruned_idx, torch.full_like(pruned_idx, n)),
             "padded": padded,
@@ -209,6 +219,15 @@ class FeatureGuidedRestoration(nn.Module):
         grid.scatter_(2, plan["kept_dst"][..., None].expand_as(slots), slots)
         grid.scatter_(2, plan["pruned_dst"][..., None].expand_as(base), base)
         return out[:, :, : psi + n] if plan["padded"] else out
+
+    def correct_camera(self, token: torch.Tensor, context: torch.Tensor, reduction: TokenReduction) -> torch.Tensor:
+        """The camera token ``[B, S, 2C]`` of the last entry after the camera-token correction
+        (``token`` itself without one). ``context`` ``[B, S, 2C]``: the mean restored patch token
+        of each frame in that entry. Returns ``token``'s dtype."""
+        if self.camera is None:
+            return token
+        kept_fraction = reduction.kept_mask.float().mean(dim=-1)  # [B, S]
+        return self.camera(token, context, kept_fraction).to(token.dtype)
 
     def forward(
         self,
@@ -242,7 +261,5 @@ class FeatureGuidedRestoration(nn.Module):
         ]
         if self.camera is not None and dense[-1] is not None:
             last = dense[-1]  # a fresh tensor of restore_layer: the corrected token is written in place
-            kept_fraction = reduction.kept_mask.float().mean(dim=-1)  # [B, S]
-            camera = self.camera(last[:, :, 0].clone(), last[:, :, patch_start_idx:].mean(dim=2), kept_fraction)
-            last[:, :, 0] = camera.to(last.dtype)
+            last[:, :, 0] = self.correct_camera(last[:, :, 0].clone(), last[:, :, patch_start_idx:].mean(dim=2), reduction)
         return dense

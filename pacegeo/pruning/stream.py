@@ -1,0 +1,141 @@
+"""Streamed restoration and heads: the dense grid is rebuilt one frame chunk at a time.
+
+The AA stack of a pruned forward returns reduced entries ``[B, S, 1 + R + K, 2C]``. The depth and
+point heads need dense ones, ``[B, S, 1 + R + N, 2C]``, but they treat frames independently; the
+camera head needs only the camera token of the last entry. :func:`streamed_heads` therefore runs,
+for every chunk of frames,
+
+    plan (interpolation weights of the chunk) -> restore the entries the heads read (chunk only)
+    -> depth and point heads on the chunk -> outputs written into their place (optionally on the host)
+
+and then the camera head on the camera tokens of all frames (with the restoration's camera-token
+correction, whose context, the mean restored patch token of each frame, is collected chunk by
+chunk). Memory: the reduced entries plus one chunk of dense entries and head activations, instead
+of every dense entry of every frame.
+
+The numbers are those of :meth:`FeatureGuidedRestoration.forward` followed by
+:meth:`pacegeo.backbone.VGGT.predict` (frames are independent; ``tests/test_stream.py`` compares
+the two paths). The heads are the backbone's own (:meth:`~pacegeo.backbone.VGGT.predict_dense` and
+:meth:`~pacegeo.backbone.VGGT.predict_cameras`).
+"""
+
+import torch
+from torch import nn
+
+from pacegeo.pruning.merge import TokenReduction
+from pacegeo.pruning.restore import FeatureGuidedRestoration
+
+
+def dense_head_layers(backbone: nn.Module) -> list[int]:
+    """Aggregator entries the depth and point heads read (sorted)."""
+    layers: set[int] = set()
+    for head in (backbone.depth_head, backbone.point_head):
+        if head is not None:
+            layers.update(head.config.intermediate_layer_idx)
+    return sorted(layers)
+
+
+def default_chunk(backbone: nn.Module) -> int:
+    """Frames per chunk: the smallest ``frames_chunk_size`` of the DPT heads (8 if none is set)."""
+    sizes = [h.config.frames_chunk_size for h in (backbone.depth_head, backbone.point_head) if h is not None]
+    sizes = [s for s in sizes if s]
+    return min(sizes) if sizes else 8
+
+
+class _Outputs:
+    """Per-key output buffers ``[B, S, ...]`` filled chunk by chunk (allocated at the first chunk)."""
+
+    def __init__(self, frames: int, device: torch.device | None) -> None:
+        self.frames = frames
+        self.device = device
+        self.buffers: dict[str, torch.Tensor] = {}
+
+    def write(self, start: int, part: dict[str, torch.Tensor]) -> None:
+        for key, value in part.items():
+            if self.device is not None:
+                value = value.to(self.device)
+            if key not in self.buffers:
+                b, _, *rest = value.shape
+                self.buffers[key] = value.new_empty(b, self.frames, *rest)
+            self.buffers[key][:, start : start + value.shape[1]] = value
+
+
+def streamed_heads(
+    backbone: nn.Module,
+    restoration: FeatureGuidedRestoration,
+    entries: list[torch.Tensor | None],
+    reduction: TokenReduction,
+    feats: torch.Tensor,
+    grid_hw: tuple[int, int],
+    image_hw: tuple[int, int],
+    chunk: int | None = None,
+    output_device: torch.device | str | None = None,
+    clock=None,
+) -> dict:
+    """Restore and predict frame chunk by frame chunk.
+
+    Args:
+        backbone: the frozen :class:`pacegeo.backbone.VGGT` whose heads run.
+        restoration: the :class:`FeatureGuidedRestoration` of the pruner.
+        entries: ``run_blocks`` outputs ``[B, S, 1 + R + K, 2C]`` (None where no head reads).
+        reduction: the :class:`TokenReduction` behind the sequence.
+        feats: ``[B, S, N, C]`` DINO patch features.
+        grid_hw: patch grid ``(h, w)``; image_hw: input ``(H, W)`` pixels.
+        chunk: frames per chunk (default :func:`default_chunk`).
+        output_device: where the depth and point outputs are gathered (default: their device);
+            ``"cpu"`` keeps only one chunk of them on an accelerator.
+        clock: a :class:`pacegeo.pace.StageClock` (or None), charged ``restoration`` and ``heads``.
+    Returns:
+        The backbone's output dict: ``pose_enc [B, S, 9]``, ``pose_enc_list``, ``depth
+        [B, S, H, W, 1]``, ``depth_conf``, ``world_points [B, S, H, W, 3]``, ``world_points_conf``.
+    """
+    psi = backbone.aggregator.patch_start_idx
+    b, s = feats.shape[:2]
+    chunk = chunk or default_chunk(backbone)
+    last = len(entries) - 1
+    taps = dense_head_layers(backbone)
+    context_needed = restoration.camera is not None and backbone.camera_head is not None
+    layers = sorted(set(taps) | ({last} if context_needed else set()))
+    missing = [i for i in layers if entries[i] is None]
+    if missing:
+        raise ValueError(f"the heads need aggregator entries {missing}, which the AA stack did not keep")
+    mark = clock.mark if clock is not None else (lambda stage: None)
+    outputs = _Outputs(s, None if output_device is None else torch.device(output_device))
+    context = None
+    for start in range(0, s, chunk) if layers else ():
+        stop = min(s, start + chunk)
+        part = reduction.frames(start, stop)
+        plan = restoration.plan(part, feats[:, start:stop], grid_hw)
+        dense: list[torch.Tensor | None] = [None] * len(entries)
+        for i in layers:
+            dense[i] = restoration.restore_layer(entries[i][:, start:stop], part, plan, psi, i)
+        del plan
+        if context_needed:
+            mean = dense[last][:, :, psi:].mean(dim=2)  # [B, chunk, 2C]
+            if context is None:
+                context = mean.new_empty(b, s, mean.shape[-1])
+            context[:, start:stop] = mean
+        mark("restoration")
+        if taps:
+            # The heads read float32 entries, as the unpruned model gives them (one chunk at a time).
+            heads_in = [d.float() if i in taps else None for i, d in enumerate(dense)]
+            del dense
+            outputs.write(start, backbone.predict_dense(heads_in, image_hw, psi))
+            del heads_in
+        mark("heads")
+
+    out: dict = {}
+    if backbone.camera_head is not None:
+        token = entries[last][:, :, 0]
+        if context_needed:
+            token = restoration.correct_camera(token, context, reduction)
+        out.update(backbone.predict_cameras(token))
+        if output_device is not None:
+            out["pose_enc"] = out["pose_enc"].to(output_device)
+            out["pose_enc_list"] = [p.to(output_device) for p in out["pose_enc_list"]]
+        mark("heads")
+    out.update(outputs.buffers)
+    return out
+
+
+__all__ = ["default_chunk", "dense_head_layers", "streamed_heads"]

@@ -1,0 +1,122 @@
+"""Streamed restoration and heads (pacegeo.pruning.stream) against the dense path they replace."""
+
+import pytest
+import torch
+
+import pacegeo.pace as pace_module
+from pacegeo.backbone import VGGT, tiny
+from pacegeo.pace import PaceVGGT
+from pacegeo.pruning import FeatureGuidedRestoration, ScorerConfig, TokenScorer
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+DENSE_KEYS = ("depth", "depth_conf", "world_points", "world_points_conf")
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return VGGT(tiny(dino_depth=1)).eval()
+
+
+def _trained_pruner(model, **kwargs):
+    """A learned pruner whose residual MLPs and camera correction are not neutral (all paths matter)."""
+    torch.manual_seed(3)
+    pace = PaceVGGT(model, scorer=TokenScorer(ScorerConfig.for_backbone(model)), mode="learned", amp_dtype="float32", **kwargs)
+    pace.restoration = pace.restoration.with_camera_correction()
+    with torch.no_grad():
+        for p in pace.restoration.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return pace.eval()
+
+
+def _with_dense_reference(monkeypatch):
+    """Wrap streamed_heads so that every call also runs the dense path on the same inputs:
+    FeatureGuidedRestoration.forward over all frames at once, then the backbone's predict."""
+    refs = []
+    streamed = pace_module.streamed_heads
+
+    def spy(backbone, restoration, entries, reduction, feats, grid_hw, image_hw, **kwargs):
+        psi = backbone.aggregator.patch_start_idx
+        dense = FeatureGuidedRestoration.forward(restoration, entries, reduction, feats, grid_hw, psi)
+        refs.append(backbone.predict(dense, image_hw, psi))
+        return streamed(backbone, restoration, entries, reduction, feats, grid_hw, image_hw, **kwargs)
+
+    monkeypatch.setattr(pace_module, "streamed_heads", spy)
+    return refs
+
+
+def _assert_same(out, ref, atol=1e-5):
+    for key in ("pose_enc", *DENSE_KEYS):
+        torch.testing.assert_close(out[key], ref[key], atol=atol, rtol=1e-5, msg=key)
+    for a, b in zip(out["pose_enc_list"], ref["pose_enc_list"], strict=True):
+        torch.testing.assert_close(a, b, atol=atol, rtol=1e-5)
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 8])
+@pytest.mark.parametrize("keep,merge_ratio,ref_boost", [(0.3, 0.5, 1.0), (0.5, 0.0, 1.0), (0.3, 1.0, 2.0)])
+def test_streamed_heads_equal_dense_restoration_then_predict(monkeypatch, model, chunk, keep, merge_ratio, ref_boost):
+    images = torch.rand(1, 5, 3, 56, 70, generator=torch.Generator().manual_seed(1))
+    pace = _trained_pruner(model, frames_chunk=chunk)
+    refs = _with_dense_reference(monkeypatch)
+    with torch.no_grad():
+        out = pace(images, keep=keep, merge_ratio=merge_ratio, ref_boost=ref_boost)
+    assert len(refs) == 1
+    _assert_same(out, refs[0])
+
+
+def test_outputs_do_not_depend_on_the_chunk_size(model):
+    images = torch.rand(1, 5, 3, 56, 70, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        one = _trained_pruner(model, frames_chunk=1)(images, keep=0.4)
+        all_frames = _trained_pruner(model, frames_chunk=5)(images, keep=0.4)
+    _assert_same(one, all_frames)
+    assert one["pruning"]["kept_per_frame"] == all_frames["pruning"]["kept_per_frame"]
+    assert one["pruning"]["merged"] == all_frames["pruning"]["merged"]
+
+
+def test_restoration_never_holds_more_than_one_chunk_of_dense_entries(monkeypatch, model):
+    images = torch.rand(1, 5, 3, 56, 70)
+    pace = _trained_pruner(model, frames_chunk=2)
+    frames_seen = []
+    restore_layer = pace.restoration.restore_layer
+
+    def spy(entry, *args, **kwargs):
+        dense = restore_layer(entry, *args, **kwargs)
+        frames_seen.append(dense.shape[1])
+        return dense
+
+    monkeypatch.setattr(pace.restoration, "restore_layer", spy)
+    with torch.no_grad():
+        out = pace(images, keep=0.3)
+    layers = len(set(model.config.depth_head.intermediate_layer_idx) | {model.config.aggregator.depth - 1})
+    assert frames_seen == [2] * layers + [2] * layers + [1] * layers
+    assert out["depth"].shape[:2] == (1, 5)
+
+
+def test_outputs_gathered_on_the_requested_device_are_the_same(model):
+    images = torch.rand(1, 3, 3, 56, 70)
+    pace = _trained_pruner(model, frames_chunk=2)
+    with torch.no_grad():
+        here = pace(images, keep=0.3)
+        gathered = pace(images, keep=0.3, output_device="cpu")
+    _assert_same(gathered, here, atol=0)
+    with torch.no_grad():
+        full = pace(images, keep=1.0, output_device="cpu")
+    assert full["depth"].device.type == "cpu"
+
+
+def test_streamed_path_passes_gradients_to_the_pruner(model):
+    images = torch.rand(1, 3, 3, 56, 70)
+    pace = _trained_pruner(model, frames_chunk=2)
+    pace.train()
+    out = pace(images, keep=0.5, soft=True)
+    (out["depth"].mean() + out["world_points"].mean() + out["pose_enc"].mean()).backward()
+    scorer_grads = [p.grad for p in pace.scorer.parameters()]
+    assert any(g is not None and g.abs().sum() > 0 for g in scorer_grads)
+    camera = pace.restoration.camera.fc2
+    assert camera.weight.grad is not None and camera.weight.grad.abs().sum() > 0
+    residual = next(iter(pace.restoration.residuals.values())).fc2
+    assert residual.weight.grad is not None and residual.weight.grad.abs().sum() > 0
+    pace.zero_grad(set_to_none=True)
+    pace.eval()
