@@ -39,7 +39,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from pacegeo.errors import CheckpointError, InputError
+from pacegeo.errors import CheckpointError, InputError, is_memory_error, option
 from pacegeo.precision import autocast, no_autocast, resolve_dtype
 from pacegeo.pruning.budget import (
     frame_keep_counts,
@@ -502,8 +502,12 @@ def load_pruner(path: str | Path, backbone: nn.Module, verify_backbone: bool = T
         with safe_open(str(path), framework="pt") as f:
             meta = dict(f.metadata() or {})
             state = {k: f.get_tensor(k) for k in f.keys()}
+    except OSError as err:
+        raise CheckpointError(f"cannot read pruner checkpoint {path}: {err.strerror or type(err).__name__}") from None
     except Exception as err:
-        raise CheckpointError(f"cannot read pruner checkpoint {path}: {type(err).__name__}: {err}") from None
+        if is_memory_error(err):
+            raise CheckpointError(f"not enough memory to read pruner checkpoint {path}") from None
+        raise CheckpointError(f"cannot read pruner checkpoint {path}: not a valid safetensors file (corrupt, truncated or another format)") from None
     if meta.get("format") != PRUNER_FORMAT:
         raise CheckpointError(f"{path} is not a pacegeo pruner checkpoint (format {meta.get('format')!r})")
     scorer = None
@@ -528,7 +532,7 @@ def load_pruner(path: str | Path, backbone: nn.Module, verify_backbone: bool = T
         if actual != expected:
             raise CheckpointError(
                 f"pruner checkpoint {path} was trained for backbone {meta.get('backbone', '?')} "
-                f"(fingerprint {expected}), not for this one ({actual}); use --pruner training-free "
+                f"(fingerprint {expected}), not for this one ({actual}); use {option('pruner_training_free')} "
                 f"or train a pruner for this backbone (train/distill.py, then train/finetune.py)"
             )
     kwargs.setdefault("mode", meta.get("mode", "learned") if scorer is not None else "training-free")
