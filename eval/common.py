@@ -313,7 +313,7 @@ class Prediction:
     @property
     def cam_to_world(self) -> np.ndarray:
         """``[S, 4, 4]`` camera-to-world poses (inverse of :attr:`extrinsics`)."""
-        from pacegeo.metrics import invert_se3
+        from pacegeo.geometry.transforms import invert_se3
 
         return invert_se3(self.extrinsics)
 

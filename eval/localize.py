@@ -41,7 +41,7 @@ from pacegeo.data.stream import intrinsics_for_fov
 from pacegeo.data.synth import make_scene, make_trajectory, render_frame
 from pacegeo.errors import PacegeoError
 from pacegeo.localize import build_map, localize
-from pacegeo.metrics import apply_sim3_to_c2w, rotation_angle_deg, umeyama
+from pacegeo.geometry.transforms import apply_sim3_to_c2w, rotation_angle_deg, umeyama
 from pacegeo.pipeline import Pipeline
 
 EVAL_SEED_BASE = 500_000

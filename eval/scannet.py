@@ -166,14 +166,15 @@ def evaluate_scene(pred: common.Prediction, gt: ScanNetGT, cfg: ScanNetProtocol 
         computed (no confident pixel, degenerate trajectory) is NaN and the reason is in ``errors``.
     """
     from pacegeo import metrics as M
+    from pacegeo.geometry import transforms as tf
 
     errors: list[str] = []
     nan = float("nan")
     out: dict[str, float] = {}
     per_frame: dict[str, list] = {}
-    gt_c2w = M.to_4x4(gt.cam_to_world)
-    pred_w2c = M.to_4x4(pred.extrinsics)
-    pred_c2w = M.invert_se3(pred_w2c)
+    gt_c2w = tf.to_4x4(gt.cam_to_world)
+    pred_w2c = tf.to_4x4(pred.extrinsics)
+    pred_c2w = tf.invert_se3(pred_w2c)
 
     # Cameras, FastVGGT: evo on w2c matrices, GT re-based on its first frame.
     fv = _safe(lambda: M.fastvggt_trajectory_errors(pred_w2c, gt_c2w), errors, "fastvggt trajectory")
@@ -203,7 +204,7 @@ def evaluate_scene(pred: common.Prediction, gt: ScanNetGT, cfg: ScanNetProtocol 
     else:
         # FastVGGT: first GT pose, then bounding-box scale/centre.
         def fastvggt_cd() -> dict:
-            in_gt = M.apply_transform(pts, gt_c2w[0])
+            in_gt = tf.apply_transform(pts, gt_c2w[0])
             aligned, scale = M.align_by_bounding_box(in_gt, mesh)
             return {"cd": M.chamfer(aligned, mesh, **chamfer_kw), "scale": scale}
 
@@ -213,8 +214,8 @@ def evaluate_scene(pred: common.Prediction, gt: ScanNetGT, cfg: ScanNetProtocol 
 
         # Corrected: Sim(3) from predicted to GT camera centres.
         def corrected_cd() -> dict:
-            s, R, t = M.umeyama(pred_c2w[:, :3, 3], gt_c2w[:, :3, 3], with_scale=True)
-            aligned = M.apply_sim3_to_points(pts, s, R, t)
+            s, R, t = tf.umeyama(pred_c2w[:, :3, 3], gt_c2w[:, :3, 3], with_scale=True)
+            aligned = tf.apply_sim3_to_points(pts, s, R, t)
             return {"cd": M.chamfer(aligned, mesh, **chamfer_kw), "scale": s}
 
         r = _safe(corrected_cd, errors, "corrected chamfer")
@@ -235,14 +236,14 @@ def evaluate_scene(pred: common.Prediction, gt: ScanNetGT, cfg: ScanNetProtocol 
 def gt_as_prediction(gt: ScanNetGT) -> common.Prediction:
     """The ground truth dressed as a model prediction (world = first camera, confidence +inf on
     valid depth, 0 elsewhere): every metric of :func:`evaluate_scene` should then be ~0."""
-    from pacegeo import metrics as M
+    from pacegeo.geometry import transforms as tf
 
-    c2w = M.to_4x4(gt.cam_to_world)
+    c2w = tf.to_4x4(gt.cam_to_world)
     rel = np.linalg.inv(c2w[0])[None] @ c2w
     depth = np.zeros_like(gt.depth, dtype=np.float32) if gt.depth is None else gt.depth.astype(np.float32)
     conf = np.where(depth > 0, np.inf, 0.0).astype(np.float32)
     return common.Prediction(
-        extrinsics=M.invert_se3(rel)[:, :3, :], intrinsics=np.asarray(gt.intrinsics, dtype=np.float64),
+        extrinsics=tf.invert_se3(rel)[:, :3, :], intrinsics=np.asarray(gt.intrinsics, dtype=np.float64),
         depth=depth, depth_conf=conf,
     )
 

@@ -197,7 +197,8 @@ def evaluate_scene(
         ``{"metrics": {acc, acc_med, comp, comp_med, nc, nc_med, nc1, nc1_med, nc2, nc2_med,
         icp_fitness, num_points, gt_scale, pred_scale}, "errors": [...]}``.
     """
-    from pacegeo.metrics import apply_transform, cut3r_reconstruction_metrics
+    from pacegeo.geometry.transforms import apply_transform
+    from pacegeo.metrics import cut3r_reconstruction_metrics
 
     pred_pts = prediction_points(pred, cfg.points)
     gt_pts = gt_points_first_camera(gt)
@@ -224,7 +225,7 @@ def evaluate_scene(
 
 def gt_as_prediction(gt: SevenScenesGT) -> common.Prediction:
     """The ground truth dressed as a prediction (world = first camera): Acc/Comp ~0, NC ~1."""
-    from pacegeo.metrics import invert_se3, to_4x4
+    from pacegeo.geometry.transforms import invert_se3, to_4x4
 
     c2w = to_4x4(gt.cam_to_world)
     rel = np.linalg.inv(c2w[0])[None] @ c2w

@@ -46,7 +46,8 @@ from pacegeo.errors import PacegeoError
 from pacegeo.fidelity import fidelity
 from pacegeo.geometry import camera_centers, depth_to_world_points, pose_encoding_to_extri_intri
 from pacegeo.hub import load_backbone, read_metadata, resolve_weights
-from pacegeo.metrics import auc, chamfer, depth_metrics, relative_pose_errors, rra, rta, umeyama
+from pacegeo.geometry.transforms import umeyama
+from pacegeo.metrics import auc, chamfer, depth_metrics, relative_pose_errors, rra, rta
 
 EVAL_SEED_BASE = 500_000
 

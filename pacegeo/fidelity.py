@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from pacegeo.metrics import ArrayLike, camera_centers, invert_se3, relative_pose_errors, to_numpy
+from pacegeo.geometry.transforms import ArrayLike, camera_centers, invert_se3, to_numpy
+from pacegeo.metrics import relative_pose_errors
 
 __all__ = ["camera_deviation", "depth_deviation", "fidelity", "points_deviation"]
 

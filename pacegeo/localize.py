@@ -63,7 +63,7 @@ from scipy.spatial.transform import Rotation
 
 from pacegeo.errors import CheckpointError, InputError, option
 from pacegeo.options import check_count, check_seed
-from pacegeo.metrics import apply_sim3_to_c2w, invert_se3, rotation_angle_deg, sim3_matrix, to_4x4, umeyama
+from pacegeo.geometry.transforms import apply_sim3_to_c2w, invert_se3, rotation_angle_deg, sim3_matrix, to_4x4, umeyama
 
 if TYPE_CHECKING:  # pragma: no cover
     from pacegeo.pipeline import Pipeline, PreparedInputs
@@ -188,7 +188,7 @@ def fit_sim3(
     """Similarity taking cameras ``src_c2w`` onto ``dst_c2w`` (both OpenCV camera-to-world ``[N, 3|4, 4]``).
 
     * ``N >= 3`` and the centres of both sets span a plane (:data:`MIN_SPREAD_RATIO`): Umeyama's
-      least-squares Sim(3) on the camera centres (:func:`pacegeo.metrics.umeyama`);
+      least-squares Sim(3) on the camera centres (:func:`pacegeo.geometry.transforms.umeyama`);
     * otherwise (two cameras, or collinear centres): the rotation is the mean
       (:meth:`scipy.spatial.transform.Rotation.mean`) of the per-camera offsets
       ``R_dst_i R_src_i^T`` (the first camera's offset when it is alone), the scale the ratio of

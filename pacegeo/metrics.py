@@ -12,7 +12,8 @@ Conventions
     ``x = R X + t``; given as ``[S, 3, 4]`` or ``[S, 4, 4]``.
   - ``c2w`` (camera-to-world, the ScanNet / 7-Scenes ``pose.txt``) is its inverse; its last column
     is the camera centre in world coordinates; given as ``[S, 3, 4]`` or ``[S, 4, 4]``.
-* A similarity ``(s, R, t)`` maps a point ``X`` to ``s R X + t``.
+* A similarity ``(s, R, t)`` maps a point ``X`` to ``s R X + t``; rigid and similarity transforms
+  and their fitting are in :mod:`pacegeo.geometry.transforms`.
 * Angles are returned in degrees.
 
 Two families of trajectory metrics are provided:
@@ -35,27 +36,23 @@ from scipy.spatial.transform import Rotation
 
 from pacegeo.extras import require
 
-try:  # torch is optional for this module: only needed to recognise tensors.
-    import torch
-except ImportError:  # pragma: no cover
-    torch = None
+from pacegeo.geometry.transforms import (
+    ArrayLike,
+    _points,
+    apply_sim3_to_c2w,
+    apply_transform,
+    invert_se3,
+    rotation_angle_deg,
+    sim3_matrix,
+    to_4x4,
+    to_numpy,
+    umeyama,
+)
+from pacegeo.geometry.transforms import poses_4x4 as _poses
 
-ArrayLike = Union[np.ndarray, "torch.Tensor", list, tuple, float]
 Reduction = Literal["rmse", "mean", "median", "none"]
 
 __all__ = [
-    "to_numpy",
-    "to_4x4",
-    "invert_se3",
-    "camera_centers",
-    "sim3_matrix",
-    "apply_transform",
-    "apply_sim3_to_points",
-    "apply_sim3_to_c2w",
-    "apply_sim3_to_w2c",
-    "umeyama",
-    "rotation_angle_deg",
-    "align_trajectory",
     "ate",
     "are",
     "rpe",
@@ -81,115 +78,6 @@ __all__ = [
 ]
 
 
-# ---------------------------------------------------------------------------------------------
-# Conversion and SE(3) / Sim(3) helpers
-# ---------------------------------------------------------------------------------------------
-
-
-def to_numpy(x: ArrayLike) -> np.ndarray:
-    """Return ``x`` as a float64 numpy array (torch tensors are detached and moved to CPU)."""
-    if torch is not None and isinstance(x, torch.Tensor):
-        return x.detach().cpu().to(torch.float64).numpy()
-    return np.asarray(x, dtype=np.float64)
-
-
-def _points(x: ArrayLike, name: str) -> np.ndarray:
-    arr = to_numpy(x)
-    if arr.ndim != 2 or arr.shape[1] != 3:
-        raise ValueError(f"{name} must have shape [N, 3], got {tuple(arr.shape)}")
-    return arr
-
-
-def _poses(x: ArrayLike, name: str) -> np.ndarray:
-    arr = to_numpy(x)
-    if arr.ndim == 2:
-        arr = arr[None]
-    if arr.ndim != 3 or arr.shape[1:] not in ((3, 4), (4, 4)):
-        raise ValueError(f"{name} must have shape [S, 3, 4] or [S, 4, 4], got {tuple(arr.shape)}")
-    return to_4x4(arr)
-
-
-def to_4x4(poses: ArrayLike) -> np.ndarray:
-    """Pad ``[..., 3, 4]`` pose matrices to ``[..., 4, 4]`` (``[..., 4, 4]`` passes through)."""
-    arr = to_numpy(poses)
-    if arr.shape[-2:] == (4, 4):
-        return arr.copy()
-    if arr.shape[-2:] != (3, 4):
-        raise ValueError(f"poses must end in (3, 4) or (4, 4), got {tuple(arr.shape)}")
-    out = np.zeros(arr.shape[:-2] + (4, 4), dtype=np.float64)
-    out[..., :3, :] = arr
-    out[..., 3, 3] = 1.0
-    return out
-
-
-def invert_se3(poses: ArrayLike) -> np.ndarray:
-    """Closed-form inverse of rigid transforms ``[..., 3|4, 4] -> [..., 4, 4]``.
-
-    Turns w2c into c2w and back. The rotation block is assumed orthonormal.
-    """
-    T = to_4x4(poses)
-    R = T[..., :3, :3]
-    t = T[..., :3, 3]
-    Rt = np.swapaxes(R, -1, -2)
-    out = np.zeros_like(T)
-    out[..., :3, :3] = Rt
-    out[..., :3, 3] = -np.einsum("...ij,...j->...i", Rt, t)
-    out[..., 3, 3] = 1.0
-    return out
-
-
-def camera_centers(w2c: ArrayLike) -> np.ndarray:
-    """Camera centres ``C = -R^T t`` ``[S, 3]`` from world-to-camera extrinsics ``[S, 3|4, 4]``."""
-    return invert_se3(_poses(w2c, "w2c"))[:, :3, 3]
-
-
-def sim3_matrix(s: float, R: ArrayLike, t: ArrayLike) -> np.ndarray:
-    """The 4x4 matrix ``[[s R, t], [0, 1]]`` of the similarity ``X -> s R X + t``."""
-    T = np.eye(4)
-    T[:3, :3] = float(s) * to_numpy(R)
-    T[:3, 3] = to_numpy(t)
-    return T
-
-
-def apply_transform(points: ArrayLike, T: ArrayLike) -> np.ndarray:
-    """Apply a 4x4 (or 3x4) affine transform to points ``[N, 3] -> [N, 3]``."""
-    P = _points(points, "points")
-    M = to_4x4(T)
-    return P @ M[:3, :3].T + M[:3, 3]
-
-
-def apply_sim3_to_points(points: ArrayLike, s: float, R: ArrayLike, t: ArrayLike) -> np.ndarray:
-    """Map points ``[N, 3]`` through ``X -> s R X + t``."""
-    return _points(points, "points") @ (float(s) * to_numpy(R)).T + to_numpy(t)
-
-
-def apply_sim3_to_c2w(c2w: ArrayLike, s: float, R: ArrayLike, t: ArrayLike) -> np.ndarray:
-    """Express camera-to-world poses ``[S, 3|4, 4]`` in a world frame changed by ``X -> s R X + t``.
-
-    Rotations become ``R R_i`` and camera centres ``s R C_i + t``; the result ``[S, 4, 4]`` stays a
-    rigid camera-to-world transform (the scale acts on the world, not on the camera axes).
-    """
-    P = _poses(c2w, "c2w")
-    R = to_numpy(R)
-    out = P.copy()
-    out[:, :3, :3] = R @ P[:, :3, :3]
-    out[:, :3, 3] = float(s) * P[:, :3, 3] @ R.T + to_numpy(t)
-    return out
-
-
-def apply_sim3_to_w2c(w2c: ArrayLike, s: float, R: ArrayLike, t: ArrayLike) -> np.ndarray:
-    """World-to-camera version of :func:`apply_sim3_to_c2w` (``[S, 3|4, 4] -> [S, 4, 4]``)."""
-    return invert_se3(apply_sim3_to_c2w(invert_se3(_poses(w2c, "w2c")), s, R, t))
-
-
-def rotation_angle_deg(R: ArrayLike) -> np.ndarray:
-    """Geodesic angle in degrees of rotation matrices ``[..., 3, 3]`` (in [0, 180])."""
-    mats = to_numpy(R)
-    shape = mats.shape[:-2]
-    ang = Rotation.from_matrix(mats.reshape(-1, 3, 3)).magnitude()
-    return np.degrees(ang).reshape(shape)
-
-
 def _project_rotations(R: np.ndarray) -> np.ndarray:
     """Nearest rotations to ``[..., 3, 3]`` matrices (scipy's quaternion round trip)."""
     shape = R.shape
@@ -211,67 +99,8 @@ def _reduce(errors: np.ndarray, reduction: Reduction) -> Union[float, np.ndarray
 
 
 # ---------------------------------------------------------------------------------------------
-# Alignment
-# ---------------------------------------------------------------------------------------------
-
-
-def umeyama(
-    src: ArrayLike, dst: ArrayLike, with_scale: bool = True
-) -> tuple[float, np.ndarray, np.ndarray]:
-    """Least-squares similarity (Umeyama 1991) minimising ``sum |dst_i - (s R src_i + t)|^2``.
-
-    Args:
-        src: ``[N, 3]`` source points.
-        dst: ``[N, 3]`` corresponding target points.
-        with_scale: estimate ``s`` (Sim(3)); when False ``s = 1`` (SE(3), rigid).
-
-    Returns:
-        ``(s, R, t)``: float scale, ``[3, 3]`` rotation (det +1), ``[3]`` translation.
-    """
-    X = _points(src, "src")
-    Y = _points(dst, "dst")
-    if X.shape != Y.shape:
-        raise ValueError(f"src and dst must match, got {X.shape} and {Y.shape}")
-    if X.shape[0] < 2:
-        raise ValueError("umeyama needs at least 2 point pairs")
-    mu_x, mu_y = X.mean(0), Y.mean(0)
-    Xc, Yc = X - mu_x, Y - mu_y
-    n = X.shape[0]
-    cov = Yc.T @ Xc / n
-    U, D, Vt = np.linalg.svd(cov)
-    S = np.eye(3)
-    if np.linalg.det(U) * np.linalg.det(Vt) < 0:
-        S[2, 2] = -1.0
-    R = U @ S @ Vt
-    if with_scale:
-        var_x = np.sum(Xc**2) / n
-        if var_x <= np.finfo(np.float64).tiny:
-            raise ValueError("umeyama: source points are all identical, scale is undefined")
-        s = float(np.sum(D * np.diag(S)) / var_x)
-    else:
-        s = 1.0
-    t = mu_y - s * R @ mu_x
-    return s, R, t
-
-
-# ---------------------------------------------------------------------------------------------
 # Trajectory metrics on camera centres (camera-to-world poses)
 # ---------------------------------------------------------------------------------------------
-
-
-def align_trajectory(
-    pred_c2w: ArrayLike, gt_c2w: ArrayLike, with_scale: bool = True
-) -> tuple[float, np.ndarray, np.ndarray]:
-    """Umeyama alignment ``(s, R, t)`` taking predicted camera centres onto ground-truth ones.
-
-    Args:
-        pred_c2w, gt_c2w: camera-to-world poses ``[S, 3|4, 4]``.
-        with_scale: Sim(3) when True, SE(3) when False.
-    """
-    P = _poses(pred_c2w, "pred_c2w")
-    G = _poses(gt_c2w, "gt_c2w")
-    _check_same_length(P, G)
-    return umeyama(P[:, :3, 3], G[:, :3, 3], with_scale=with_scale)
 
 
 def _check_same_length(P: np.ndarray, G: np.ndarray) -> None:

@@ -7,7 +7,8 @@ from scipy.ndimage import map_coordinates
 
 from pacegeo.data import synth
 from pacegeo.data.clips import ClipConfig, SceneClips, SynthClips, adjust_intrinsics, clip_indices
-from pacegeo.data.frames import invert_pose, unproject_depth
+from pacegeo.data.frames import unproject_depth
+from pacegeo.geometry.transforms import invert_se3
 from pacegeo.data.scannet import read_scannet_scene
 from pacegeo.errors import InputError
 
@@ -30,7 +31,7 @@ def check_normalised(item, S=3, H=42, W=56):
     for i in range(S):
         E = np.eye(4)
         E[:3] = item["extrinsics"][i].double().numpy()
-        pts = unproject_depth(item["depths"][i].numpy(), item["intrinsics"][i].double().numpy(), invert_pose(E))
+        pts = unproject_depth(item["depths"][i].numpy(), item["intrinsics"][i].double().numpy(), invert_se3(E))
         m = valid[i].numpy()
         np.testing.assert_allclose(pts[m], item["world_points"][i].numpy()[m], atol=2e-5)
         R = E[:3, :3]

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from pacegeo import metrics as M
+from pacegeo.geometry import transforms as tf
 
 from helpers import load_script
 
@@ -93,7 +93,7 @@ def test_scannet_rotation_of_all_cameras_is_absorbed_by_corrected_metrics(scanne
     pred = scannet.gt_as_prediction(scannet_gt)
     T = np.eye(4)
     T[:3, :3] = _rot([1, 2, 3], 20.0)
-    w2c = M.to_4x4(pred.extrinsics) @ np.linalg.inv(T)  # world X -> T X
+    w2c = tf.to_4x4(pred.extrinsics) @ np.linalg.inv(T)  # world X -> T X
     res = scannet.evaluate_scene(_with(pred, extrinsics=w2c[:, :3]), scannet_gt)
     m = res["metrics"]
     for k in TRAJ:
@@ -110,7 +110,7 @@ def test_scannet_one_camera_rotated_by_5_degrees(scannet_gt):
     pred = scannet.gt_as_prediction(scannet_gt)
     S = len(pred.extrinsics)
     k = S // 2
-    w2c = M.to_4x4(pred.extrinsics)
+    w2c = tf.to_4x4(pred.extrinsics)
     w2c[k, :3, :] = _rot([0.3, 1.0, 0.2], 5.0) @ w2c[k, :3, :]  # rotates camera k about its centre
     res = scannet.evaluate_scene(_with(pred, extrinsics=w2c[:, :3]), scannet_gt)
     m, per = res["metrics"], res["per_frame"]
@@ -126,7 +126,7 @@ def test_scannet_one_camera_rotated_by_5_degrees(scannet_gt):
 def test_scannet_global_scale_is_absorbed(scannet_gt):
     pred = scannet.gt_as_prediction(scannet_gt)
     s = 2.5
-    w2c = M.to_4x4(pred.extrinsics)
+    w2c = tf.to_4x4(pred.extrinsics)
     w2c[:, :3, 3] *= s
     res = scannet.evaluate_scene(_with(pred, extrinsics=w2c[:, :3], depth=pred.depth * s), scannet_gt)
     m = res["metrics"]

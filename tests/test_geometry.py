@@ -9,7 +9,7 @@ from pacegeo.errors import InputError
 from pacegeo.geometry import (
     cam_to_world_to_extrinsics,
     camera_centers,
-    closed_form_inverse_se3,
+    invert_se3,
     depth_to_camera_points,
     depth_to_world_points,
     extri_intri_to_pose_encoding,
@@ -187,7 +187,7 @@ def test_bad_inputs_raise_input_error():
     with pytest.raises(InputError):
         pose_encoding_to_extri_intri(torch.zeros(3, 9), (14, 14), pose_encoding_type="relT_quaR_FoV")
     with pytest.raises(InputError):
-        closed_form_inverse_se3(torch.zeros(3, 3))
+        invert_se3(torch.zeros(3, 3))
     skewed = simple_intrinsics(4, 5)
     skewed[0, 1] = 0.1
     with pytest.raises(InputError):
@@ -197,13 +197,13 @@ def test_bad_inputs_raise_input_error():
 # ------------------------------------------------------------------ SE(3)
 
 
-def test_closed_form_inverse_se3():
+def test_invert_se3():
     extrinsics = random_extrinsics(10, seed=6).reshape(2, 5, 3, 4)
-    inverse = closed_form_inverse_se3(extrinsics)
+    inverse = invert_se3(extrinsics)
     assert inverse.shape == (2, 5, 4, 4)
     torch.testing.assert_close(inverse, torch.linalg.inv(to_4x4(extrinsics)))
-    torch.testing.assert_close(closed_form_inverse_se3(to_4x4(extrinsics)), inverse)
-    torch.testing.assert_close(closed_form_inverse_se3(inverse)[..., :3, :], extrinsics)
+    torch.testing.assert_close(invert_se3(to_4x4(extrinsics)), inverse)
+    torch.testing.assert_close(invert_se3(inverse)[..., :3, :], extrinsics)
     identity = to_4x4(extrinsics) @ inverse
     torch.testing.assert_close(identity, torch.eye(4, dtype=identity.dtype).expand_as(identity))
 

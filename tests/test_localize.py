@@ -14,7 +14,7 @@ from pacegeo.cli import main
 from pacegeo.errors import InputError
 from pacegeo.hub import save_backbone
 from pacegeo.localize import MapStore, chunk_spans, fit_sim3, localization_confidence
-from pacegeo.metrics import apply_sim3_to_c2w, invert_se3
+from pacegeo.geometry.transforms import apply_sim3_to_c2w, invert_se3
 from pacegeo.pipeline import Pipeline
 
 TARGET = 70  # 56x70 model input, a 4x5 patch grid

@@ -8,6 +8,7 @@ import torch
 from scipy.spatial.transform import Rotation
 
 from pacegeo import metrics as M
+from pacegeo.geometry import transforms as tf
 
 # ---------------------------------------------------------------------------------------------
 # fixtures / helpers
@@ -49,36 +50,36 @@ def _plane_grid(n: int = 40, spacing: float = 0.05) -> np.ndarray:
 
 def test_invert_se3_and_camera_centers():
     c2w = _trajectory_c2w(5)
-    w2c = M.invert_se3(c2w)
+    w2c = tf.invert_se3(c2w)
     np.testing.assert_allclose(w2c @ c2w, np.tile(np.eye(4), (5, 1, 1)), atol=1e-12)
-    np.testing.assert_allclose(M.camera_centers(w2c[:, :3, :]), c2w[:, :3, 3], atol=1e-12)
+    np.testing.assert_allclose(tf.camera_centers(w2c[:, :3, :]), c2w[:, :3, 3], atol=1e-12)
 
 
 def test_apply_sim3_to_poses_consistent_with_points():
     s, R, t = _random_sim3(1)
     c2w = _trajectory_c2w(4)
     X_cam = np.array([0.3, -0.2, 2.0])
-    moved = M.apply_sim3_to_c2w(c2w, s, R, t)
+    moved = tf.apply_sim3_to_c2w(c2w, s, R, t)
     # a point seen by each camera maps to the transformed world point (camera coords scaled by s)
     for i in range(4):
         X_world = c2w[i, :3, :3] @ X_cam + c2w[i, :3, 3]
-        expected = M.apply_sim3_to_points(X_world[None], s, R, t)[0]
+        expected = tf.apply_sim3_to_points(X_world[None], s, R, t)[0]
         np.testing.assert_allclose(moved[i, :3, :3] @ (s * X_cam) + moved[i, :3, 3], expected)
     np.testing.assert_allclose(
-        M.apply_sim3_to_w2c(M.invert_se3(c2w), s, R, t), M.invert_se3(moved), atol=1e-12
+        tf.apply_sim3_to_w2c(tf.invert_se3(c2w), s, R, t), tf.invert_se3(moved), atol=1e-12
     )
 
 
 def test_umeyama_recovers_exact_sim3():
     s, R, t = _random_sim3(2)
     src = np.random.default_rng(3).normal(size=(50, 3))
-    dst = M.apply_sim3_to_points(src, s, R, t)
-    s2, R2, t2 = M.umeyama(src, dst)
+    dst = tf.apply_sim3_to_points(src, s, R, t)
+    s2, R2, t2 = tf.umeyama(src, dst)
     assert s2 == pytest.approx(s, abs=1e-10)
     np.testing.assert_allclose(R2, R, atol=1e-10)
     np.testing.assert_allclose(t2, t, atol=1e-10)
     # torch input, float32
-    s3, R3, _ = M.umeyama(torch.from_numpy(src).float(), torch.from_numpy(dst).float())
+    s3, R3, _ = tf.umeyama(torch.from_numpy(src).float(), torch.from_numpy(dst).float())
     assert s3 == pytest.approx(s, rel=1e-5)
     np.testing.assert_allclose(R3, R, atol=1e-5)
 
@@ -87,14 +88,14 @@ def test_umeyama_with_noise_and_se3():
     s, R, t = _random_sim3(4)
     rng = np.random.default_rng(5)
     src = rng.normal(size=(500, 3))
-    dst = M.apply_sim3_to_points(src, s, R, t) + rng.normal(0, 0.01, (500, 3))
-    s2, R2, t2 = M.umeyama(src, dst)
+    dst = tf.apply_sim3_to_points(src, s, R, t) + rng.normal(0, 0.01, (500, 3))
+    s2, R2, t2 = tf.umeyama(src, dst)
     assert s2 == pytest.approx(s, rel=1e-2)
-    assert M.rotation_angle_deg(R2.T @ R) < 0.5
+    assert tf.rotation_angle_deg(R2.T @ R) < 0.5
     np.testing.assert_allclose(t2, t, atol=0.05)
     # rigid: scale fixed to 1, rotation still exact on noise-free rigid data
-    dst_rigid = M.apply_sim3_to_points(src, 1.0, R, t)
-    s4, R4, t4 = M.umeyama(src, dst_rigid, with_scale=False)
+    dst_rigid = tf.apply_sim3_to_points(src, 1.0, R, t)
+    s4, R4, t4 = tf.umeyama(src, dst_rigid, with_scale=False)
     assert s4 == 1.0
     np.testing.assert_allclose(R4, R, atol=1e-10)
     np.testing.assert_allclose(t4, t, atol=1e-10)
@@ -129,13 +130,13 @@ def test_ate_invariant_to_global_sim3_of_prediction():
     base = M.trajectory_errors(pred, gt)
     assert base["ate"] > 0.01
     s, R, t = _random_sim3(7)
-    moved = M.apply_sim3_to_c2w(pred, s, R, t)
+    moved = tf.apply_sim3_to_c2w(pred, s, R, t)
     for key, value in M.trajectory_errors(moved, gt).items():
         assert value == pytest.approx(base[key], rel=1e-8, abs=1e-10), key
     # rigid alignment is invariant to a rigid motion but not to a scale change
-    rigid = M.apply_sim3_to_c2w(pred, 1.0, R, t)
+    rigid = tf.apply_sim3_to_c2w(pred, 1.0, R, t)
     assert M.ate(rigid, gt, with_scale=False) == pytest.approx(M.ate(pred, gt, with_scale=False))
-    assert M.ate(M.apply_sim3_to_c2w(pred, 2.0, R, t), gt, with_scale=False) > base["ate"]
+    assert M.ate(tf.apply_sim3_to_c2w(pred, 2.0, R, t), gt, with_scale=False) > base["ate"]
 
 
 def test_are_and_rpe_for_one_rotated_camera():
@@ -176,7 +177,7 @@ def test_rpe_translation_for_known_scale_error():
 def test_fastvggt_trajectory_errors_perfect_prediction():
     gt_c2w = _trajectory_c2w(12, seed=4)
     gt_c2w[:, :3, 3] += 5.0  # a world frame far from the first camera
-    pred_w2c = M.invert_se3(np.linalg.inv(gt_c2w[0]) @ gt_c2w)[:, :3, :]  # VGGT frame: cam 0 = I
+    pred_w2c = tf.invert_se3(np.linalg.inv(gt_c2w[0]) @ gt_c2w)[:, :3, :]  # VGGT frame: cam 0 = I
     errs = M.fastvggt_trajectory_errors(pred_w2c, gt_c2w)
     for key, value in errs.items():
         assert value == pytest.approx(0.0, abs=1e-7), key
@@ -188,7 +189,7 @@ def test_fastvggt_trajectory_errors_perfect_prediction():
 
 
 def test_evo_trajectory_errors_hand_cases():
-    ref = M.invert_se3(_trajectory_c2w(6, seed=5))
+    ref = tf.invert_se3(_trajectory_c2w(6, seed=5))
     est = ref.copy()
     est[:, :3, 3] += np.array([0.0, 0.3, 0.4])  # constant position offset of 0.5
     raw = M.evo_trajectory_errors(est, ref, align=False, correct_scale=False, align_origin=False)
@@ -206,8 +207,8 @@ def test_evo_trajectory_errors_hand_cases():
 
 def test_relative_pose_errors_one_rotated_camera():
     c2w = _trajectory_c2w(6, seed=6)
-    gt_w2c = M.invert_se3(c2w)[:, :3, :]
-    pred_w2c = M.invert_se3(_rotate_camera(c2w, 2, 5.0, axis=(1.0, 2.0, 0.5)))[:, :3, :]
+    gt_w2c = tf.invert_se3(c2w)[:, :3, :]
+    pred_w2c = tf.invert_se3(_rotate_camera(c2w, 2, 5.0, axis=(1.0, 2.0, 0.5)))[:, :3, :]
     rot, trans = M.relative_pose_errors(pred_w2c, gt_w2c)
     pairs = list(zip(*np.triu_indices(6, 1)))
     assert len(rot) == len(trans) == 15
@@ -222,7 +223,7 @@ def test_relative_pose_errors_one_rotated_camera():
 
 def test_relative_translation_direction_sign_and_scale():
     c2w = _trajectory_c2w(4, seed=7)
-    gt = M.invert_se3(c2w)
+    gt = tf.invert_se3(c2w)
     scaled = gt.copy()
     scaled[:, :3, 3] *= 7.0  # global scale: directions unchanged
     _, t = M.relative_pose_errors(scaled, gt)
@@ -376,11 +377,11 @@ def test_icp_recovers_small_rigid_offset():
     T_true = np.eye(4)
     T_true[:3, :3] = Rotation.from_euler("xyz", [2.0, -1.5, 3.0], degrees=True).as_matrix()
     T_true[:3, 3] = [0.02, -0.01, 0.015]
-    src = M.apply_transform(dst, np.linalg.inv(T_true))
+    src = tf.apply_transform(dst, np.linalg.inv(T_true))
     T, fitness = M.icp_refine(src, dst, threshold=0.1)
     assert fitness == pytest.approx(1.0)
     np.testing.assert_allclose(T, T_true, atol=1e-4)
-    np.testing.assert_allclose(M.apply_transform(src, T), dst, atol=1e-4)
+    np.testing.assert_allclose(tf.apply_transform(src, T), dst, atol=1e-4)
 
 
 def test_cut3r_reconstruction_metrics_identity():

@@ -8,7 +8,8 @@ import pytest
 from PIL import Image
 
 from pacegeo.data import synth
-from pacegeo.data.frames import depth_reprojection_error, invert_pose
+from pacegeo.data.frames import depth_reprojection_error
+from pacegeo.geometry.transforms import invert_se3
 from pacegeo.data.scannet import read_scannet_scene
 from pacegeo.errors import InputError
 
@@ -87,7 +88,7 @@ def test_mesh_lies_on_rendered_surfaces(dataset):
     seq = read_scannet_scene(paths[0])
     f = seq[0]
     pts = np.asarray(o3d.io.read_point_cloud(str(paths[0] / f"{paths[0].name}_vh_clean_2.ply")).points)
-    w2c = invert_pose(f.cam_to_world)
+    w2c = invert_se3(f.cam_to_world)
     cam = pts @ w2c[:3, :3].T + w2c[:3, 3]
     z = cam[:, 2]
     front = z > 0.1

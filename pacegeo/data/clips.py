@@ -40,7 +40,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from pacegeo.data.frames import FrameSequence, invert_pose, unproject_depth
+from pacegeo.data.frames import FrameSequence, unproject_depth
+from pacegeo.geometry.transforms import invert_se3
 from pacegeo.data.scannet import read_scannet_scene
 from pacegeo.errors import InputError
 
@@ -180,7 +181,7 @@ def normalize_clip(images: np.ndarray, depths: np.ndarray, intrinsics: np.ndarra
         The item dict described in the module docstring (without ``frame_indices``/``scene_index``).
     """
     s = len(images)
-    first_w2c = invert_pose(cam_to_world[0])
+    first_w2c = invert_se3(cam_to_world[0])
     c2w = first_w2c[None] @ cam_to_world  # camera i -> first camera
     valid = depths > 0
     pts = np.stack([unproject_depth(depths[i], intrinsics[i], c2w[i]) for i in range(s)])
@@ -190,7 +191,7 @@ def normalize_clip(images: np.ndarray, depths: np.ndarray, intrinsics: np.ndarra
         scale = 1.0
     pts /= scale
     pts[~valid] = 0.0
-    w2c = invert_pose(c2w)[:, :3]
+    w2c = invert_se3(c2w)[:, :3]
     w2c[:, :, 3] /= scale
     w2c[0] = np.eye(4)[:3]  # exact identity for the first camera
     return {

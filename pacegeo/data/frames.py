@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image
 
 from pacegeo.errors import InputError
+from pacegeo.geometry.transforms import invert_se3
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ class Frame:
     @property
     def extrinsic(self) -> np.ndarray:
         """``[3,4]`` world-to-camera matrix (OpenCV), the inverse of ``cam_to_world``."""
-        return invert_pose(self.cam_to_world)[:3]
+        return invert_se3(self.cam_to_world)[:3]
 
 
 @dataclass(frozen=True, eq=False)
@@ -194,18 +195,6 @@ def read_matrix(path: Path, shape: tuple[int, int]) -> np.ndarray:
     return mat[: shape[0], : shape[1]].copy()
 
 
-def invert_pose(T: np.ndarray) -> np.ndarray:
-    """Invert rigid ``[...,4,4]`` transforms (camera-to-world <-> world-to-camera)."""
-    R = T[..., :3, :3]
-    t = T[..., :3, 3:]
-    out = np.zeros_like(T)
-    Rt = np.swapaxes(R, -1, -2)
-    out[..., :3, :3] = Rt
-    out[..., :3, 3:] = -Rt @ t
-    out[..., 3, 3] = 1.0
-    return out
-
-
 def pixel_grid(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
     """``(u, v)`` float64 ``[H,W]`` pixel-centre coordinates (column, row), centre of pixel (u,v) at (u,v)."""
     v, u = np.mgrid[0:height, 0:width].astype(np.float64)
@@ -267,7 +256,7 @@ def depth_reprojection_error(depth_a: np.ndarray, K_a: np.ndarray, cam_to_world_
     y = (v - K_a[1, 2]) / K_a[1, 1] * z_a
     x = (u - K_a[0, 2] - K_a[0, 1] * (v - K_a[1, 2]) / K_a[1, 1]) / K_a[0, 0] * z_a
     pts = np.stack([x, y, z_a], -1) @ cam_to_world_a[:3, :3].T + cam_to_world_a[:3, 3]
-    uv, z = project_points(pts, K_b, invert_pose(cam_to_world_b))
+    uv, z = project_points(pts, K_b, invert_se3(cam_to_world_b))
     h, w = depth_b.shape
     ok = (z > 1e-6) & (uv[:, 0] >= 0) & (uv[:, 0] <= w - 1) & (uv[:, 1] >= 0) & (uv[:, 1] <= h - 1)
     uv, z = uv[ok], z[ok]

@@ -1,4 +1,6 @@
-"""Camera geometry: pose encodings, SE(3) helpers, depth unprojection and projection.
+"""Camera geometry in torch: pose encodings, quaternions, depth unprojection and projection.
+
+Rigid and similarity transforms (SE(3), Sim(3)) are in :mod:`pacegeo.geometry.transforms`.
 
 Conventions used throughout:
 
@@ -23,6 +25,8 @@ import numpy as np
 import torch
 
 from pacegeo.errors import InputError
+from pacegeo.geometry.transforms import check_last_dims as _check_last_dims
+from pacegeo.geometry.transforms import invert_se3, transform_points
 
 _logger = logging.getLogger(__name__)
 
@@ -32,23 +36,15 @@ POSE_ENCODING_DIM = 9
 __all__ = [
     "POSE_ENCODING_DIM",
     "POSE_ENCODING_TYPE",
-    "camera_centers",
-    "cam_to_world_to_extrinsics",
-    "closed_form_inverse_se3",
     "depth_to_camera_points",
     "depth_to_world_points",
     "extri_intri_to_pose_encoding",
-    "extrinsics_to_cam_to_world",
     "matrix_to_quaternion",
     "matrix_to_quaternion_scipy",
     "pose_encoding_to_extri_intri",
     "project_points",
     "quaternion_to_matrix",
-    "relative_to_first",
     "standardize_quaternion",
-    "to_4x4",
-    "to_homogeneous",
-    "transform_points",
     "unproject_depth_map_to_point_map",
 ]
 
@@ -58,49 +54,9 @@ __all__ = [
 # --------------------------------------------------------------------------------------------
 
 
-def _check_last_dims(x: torch.Tensor, shapes: tuple[tuple[int, ...], ...], name: str) -> None:
-    """Raise :class:`InputError` unless ``x``'s trailing dimensions match one of ``shapes``."""
-    for shape in shapes:
-        if x.ndim >= len(shape) and tuple(x.shape[-len(shape) :]) == shape:
-            return
-    wanted = " or ".join("[..., " + ", ".join(map(str, s)) + "]" for s in shapes)
-    raise InputError(f"{name} must have shape {wanted}, got {list(x.shape)}")
-
-
 def _as_tensor(x: torch.Tensor | np.ndarray) -> torch.Tensor:
     """Return ``x`` as a torch tensor (numpy arrays and lists are copied)."""
     return x if isinstance(x, torch.Tensor) else torch.tensor(np.asarray(x))
-
-
-def to_homogeneous(points: torch.Tensor) -> torch.Tensor:
-    """Append a coordinate of ones: ``[..., D] -> [..., D+1]``."""
-    return torch.cat([points, torch.ones_like(points[..., :1])], dim=-1)
-
-
-def to_4x4(transform: torch.Tensor) -> torch.Tensor:
-    """Complete a rigid transform ``[..., 3, 4]`` to ``[..., 4, 4]`` (``[..., 4, 4]`` passes through)."""
-    _check_last_dims(transform, ((3, 4), (4, 4)), "transform")
-    if transform.shape[-2] == 4:
-        return transform
-    bottom = torch.zeros_like(transform[..., :1, :])
-    bottom[..., 0, 3] = 1.0
-    return torch.cat([transform, bottom], dim=-2)
-
-
-def transform_points(transform: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
-    """Apply rigid transforms to points.
-
-    Args:
-        transform: ``[..., 3, 4]`` or ``[..., 4, 4]``, mapping points as ``R @ p + t``.
-        points: ``[..., N, 3]`` with the same (broadcastable) leading dimensions as ``transform``.
-
-    Returns:
-        ``[..., N, 3]`` transformed points.
-    """
-    _check_last_dims(transform, ((3, 4), (4, 4)), "transform")
-    rotation = transform[..., :3, :3]
-    translation = transform[..., :3, 3]
-    return points @ rotation.transpose(-1, -2) + translation.unsqueeze(-2)
 
 
 # --------------------------------------------------------------------------------------------
@@ -284,58 +240,6 @@ def extri_intri_to_pose_encoding(
 
 
 # --------------------------------------------------------------------------------------------
-# SE(3)
-# --------------------------------------------------------------------------------------------
-
-
-def closed_form_inverse_se3(transform: torch.Tensor) -> torch.Tensor:
-    """Invert rigid transforms ``[..., 3, 4]`` or ``[..., 4, 4]`` as ``[R^T | -R^T t]``.
-
-    Returns ``[..., 4, 4]`` (whatever the input form, as upstream), so the inverse of
-    camera-from-world extrinsics is the 4x4 world-from-camera (camera-to-world) pose.
-    """
-    _check_last_dims(transform, ((3, 4), (4, 4)), "transform")
-    rotation_t = transform[..., :3, :3].transpose(-1, -2)
-    translation = transform[..., :3, 3:]
-    return to_4x4(torch.cat([rotation_t, -rotation_t @ translation], dim=-1))
-
-
-def camera_centers(extrinsics: torch.Tensor) -> torch.Tensor:
-    """World positions ``[..., 3]`` of cameras with OpenCV camera-from-world ``extrinsics [..., 3|4, 4]``."""
-    _check_last_dims(extrinsics, ((3, 4), (4, 4)), "extrinsics")
-    rotation = extrinsics[..., :3, :3]
-    translation = extrinsics[..., :3, 3:]
-    return -(rotation.transpose(-1, -2) @ translation).squeeze(-1)
-
-
-def extrinsics_to_cam_to_world(extrinsics: torch.Tensor) -> torch.Tensor:
-    """Camera-from-world extrinsics ``[..., 3|4, 4]`` to camera-to-world poses ``[..., 4, 4]``."""
-    return closed_form_inverse_se3(extrinsics)
-
-
-def cam_to_world_to_extrinsics(cam_to_world: torch.Tensor) -> torch.Tensor:
-    """Camera-to-world poses ``[..., 3|4, 4]`` to OpenCV camera-from-world extrinsics ``[..., 3, 4]``."""
-    return closed_form_inverse_se3(cam_to_world)[..., :3, :]
-
-
-def relative_to_first(extrinsics: torch.Tensor) -> torch.Tensor:
-    """Re-express cameras in the frame of camera 0.
-
-    Args:
-        extrinsics: ``[..., S, 3, 4]`` (or ``[..., S, 4, 4]``) OpenCV camera-from-world.
-
-    Returns:
-        ``[..., S, 3, 4]`` with ``E_i' = E_i @ E_0^-1``, so frame 0 becomes ``[I | 0]``. World points
-        move along as ``p' = E_0 p`` (``transform_points(extrinsics[..., 0, :, :], p)``).
-    """
-    _check_last_dims(extrinsics, ((3, 4), (4, 4)), "extrinsics")
-    if extrinsics.ndim < 3:
-        raise InputError(f"extrinsics must have shape [..., S, 3, 4], got {list(extrinsics.shape)}")
-    first_inv = closed_form_inverse_se3(extrinsics[..., :1, :, :])
-    return (to_4x4(extrinsics) @ first_inv)[..., :3, :]
-
-
-# --------------------------------------------------------------------------------------------
 # Depth unprojection and projection
 # --------------------------------------------------------------------------------------------
 
@@ -394,7 +298,7 @@ def depth_to_world_points(
     """
     _check_last_dims(extrinsics, ((3, 4), (4, 4)), "extrinsics")
     points_cam = depth_to_camera_points(depth, intrinsics)
-    cam_to_world = closed_form_inverse_se3(extrinsics.to(points_cam.dtype))
+    cam_to_world = invert_se3(extrinsics.to(points_cam.dtype))
     rotation = cam_to_world[..., None, None, :3, :3]
     translation = cam_to_world[..., None, None, :3, 3]
     return (rotation @ points_cam.unsqueeze(-1)).squeeze(-1) + translation
@@ -434,7 +338,7 @@ def unproject_depth_map_to_point_map(
             f"got {list(extr.shape)} and {list(intr.shape)}"
         )
     points_cam = depth_to_camera_points(depth.double(), intr.double()).float()
-    cam_to_world = closed_form_inverse_se3(extr).double()
+    cam_to_world = invert_se3(extr).double()
     rotation = cam_to_world[:, None, None, :3, :3]
     translation = cam_to_world[:, None, None, :3, 3]
     world = (rotation @ points_cam.double().unsqueeze(-1)).squeeze(-1) + translation
