@@ -146,10 +146,10 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
         # 1. Options, before anything is read (the library's checks, messages in flag names).
         from pacegeo.io.outputs import check_outputs
         from pacegeo.options import check_count, check_keep, check_positive_number, check_seed
-        from pacegeo.pipeline import (
-            DEFAULT_KEEP, Pipeline, check_input, check_point_filter, export_spec, input_paths, prepare_inputs,
-            resolve_model,
-        )
+        from pacegeo.io.inputs import check_input, input_paths, prepare_inputs
+        from pacegeo.models import resolve_model
+        from pacegeo.pipeline import DEFAULT_KEEP, Pipeline
+        from pacegeo.reconstruction import check_point_filter, export_spec
 
         pruner = args.pruner
         keep = args.keep
@@ -269,7 +269,8 @@ def _cmd_map(args: argparse.Namespace) -> int:
         from pacegeo.io.outputs import OutputSpec, check_outputs
         from pacegeo.localize import MAP_SUFFIX
         from pacegeo.options import check_count, check_keep, check_seed
-        from pacegeo.pipeline import check_input, input_paths, prepare_inputs, resolve_model
+        from pacegeo.io.inputs import check_input, input_paths, prepare_inputs
+        from pacegeo.models import resolve_model
 
         keep = check_keep(args.keep)
         if str(args.pruner).lower() == "none" and keep < 1.0:
@@ -354,7 +355,7 @@ def _cmd_localize(args: argparse.Namespace) -> int:
         from pacegeo.io.outputs import OutputSpec, check_outputs
         from pacegeo.localize import MapStore
         from pacegeo.options import check_count, check_keep, check_seed
-        from pacegeo.pipeline import resolve_model
+        from pacegeo.models import resolve_model
 
         keep = check_keep(args.keep)
         check_count(args.top_k, "top_k")

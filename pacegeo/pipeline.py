@@ -11,14 +11,10 @@
     rec.save_colmap("scene_colmap")                         # COLMAP text model
     xyz, rgb = rec.point_cloud()                            # [M, 3] float32, [M, 3] uint8 (least confident half dropped)
 
-Conventions of every array in a :class:`Reconstruction`:
-
-* the world frame is the first camera's OpenCV frame (x right, y down, z forward); scale is the
-  model's (arbitrary, consistent within a reconstruction);
-* ``extrinsics [S, 3, 4]`` are OpenCV world-to-camera ``[R | t]``;
-* ``intrinsics [S, 3, 3]`` refer to the model input (``h x w`` pixels, pixel centres at integer
-  coordinates); ``intrinsics_original`` to the original images;
-* dense maps are ``[S, h, w]`` / ``[S, h, w, 3]`` at the model input resolution ``(h, w)``.
+The pieces: inputs (:mod:`pacegeo.io.inputs`), model and pruner resolution (:mod:`pacegeo.models`),
+the precision rule (:mod:`pacegeo.precision`), the memory preflight, the pruned forward
+(:mod:`pacegeo.pace`) and the result (:mod:`pacegeo.reconstruction`, whose docstring gives the
+conventions of every array).
 """
 
 from __future__ import annotations
@@ -29,31 +25,35 @@ import os
 import resource
 import sys
 import time
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from pacegeo.errors import CheckpointError, InputError, option
-from pacegeo.options import check_count, check_keep, check_seed
+from pacegeo.errors import InputError, option
+from pacegeo.io.inputs import PreparedInputs, check_input, input_paths, prepare_inputs, select_frames
+from pacegeo.models import TINY_NOTICE, ModelChoice, build_pruner, resolve_device, resolve_model
+from pacegeo.options import check_keep, check_seed
 from pacegeo.precision import dtype_name, resolve_dtype
+from pacegeo.progress import progress_bar, progress_enabled
+from pacegeo.reconstruction import DEFAULT_CONF_PERCENTILE, EXPORT_FORMATS, Reconstruction, check_point_filter, export_spec
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_KEEP = 0.3
-#: Default point filter of the API and the command line: drop the least confident half (VGGT's demos).
-DEFAULT_CONF_PERCENTILE = 50.0
-TINY_NOTICE = (
-    "using pacegeo-tiny, a small model trained on synthetic rooms: fine for a quick look, coarse on real "
-    "photos; for real photos get VGGT-1B: `huggingface-cli download facebook/VGGT-1B model.safetensors` "
-    "(non-commercial licence), then --model vggt-1b"
-)
 GIB = 1024**3
 
 __all__ = [
+    "DEFAULT_CONF_PERCENTILE",
     "DEFAULT_KEEP",
+    "EXPORT_FORMATS",
+    "TINY_NOTICE",
+    "check_input",
+    "check_point_filter",
+    "export_spec",
+    "input_paths",
+    "resolve_device",
     "MemoryEstimate",
     "ModelChoice",
     "Pipeline",
@@ -72,378 +72,14 @@ __all__ = [
 # --------------------------------------------------------------------------------------------
 
 
-def check_point_filter(conf_threshold: object = None, conf_percentile: object = None) -> tuple[str, float]:
-    """The point filter of :meth:`Reconstruction.point_mask` as ``("threshold", C)`` or
-    ``("percentile", P)``: at most one of the two may be given; neither is the default
-    ``("percentile", DEFAULT_CONF_PERCENTILE)``."""
-    if conf_threshold is not None and conf_percentile is not None:
-        raise InputError(f"give either {option('conf')} or {option('conf_percentile')}, not both")
-    if conf_threshold is not None:
-        t = float(conf_threshold) if isinstance(conf_threshold, (int, float, np.number)) and not isinstance(conf_threshold, bool) else math.nan
-        if not math.isfinite(t) or t < 0:
-            raise InputError(f"{option('conf')} must be a non-negative number, got {conf_threshold!r}")
-        return "threshold", t
-    value = DEFAULT_CONF_PERCENTILE if conf_percentile is None else conf_percentile
-    p = float(value) if isinstance(value, (int, float, np.number)) and not isinstance(value, bool) else math.nan
-    if not math.isfinite(p) or not 0.0 <= p < 100.0:
-        raise InputError(f"{option('conf_percentile')} must be in [0, 100), got {conf_percentile!r}")
-    return "percentile", p
-
-
-def select_frames(count: int, frames: int | None = None, stride: int | None = None) -> list[int]:
-    """Indices of the frames to use out of ``count``.
-
-    ``frames=N``: ``N`` frames spread evenly over the sequence, first and last included (all of
-    them when ``N >= count``). ``stride=K``: every ``K``-th frame from the first. At most one of the
-    two may be given; neither keeps all frames.
-    """
-    frames = check_count(frames, "frames")
-    stride = check_count(stride, "stride")
-    if frames is not None and stride is not None:
-        raise InputError(f"give either {option('frames')} or {option('stride')}, not both")
-    if count <= 0:
-        return []
-    if frames is not None:
-        if frames >= count:
-            return list(range(count))
-        if frames == 1:
-            return [0]
-        return sorted({int(round(x)) for x in np.linspace(0, count - 1, frames)})
-    if stride is not None:
-        return list(range(0, count, stride))
-    return list(range(count))
-
-
 # --------------------------------------------------------------------------------------------
 # Models
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ModelChoice:
-    """A resolved backbone: its name, weight file, inference resolution and a user notice.
-
-    Attributes:
-        name: what was asked for (``"vggt-1b"``, ``"pacegeo-tiny"`` or the path as given).
-        path: the weight file.
-        target_size: inference width (crop) or longer side (pad), a multiple of 14: the
-            checkpoint's ``preprocess`` metadata, else 518.
-        preprocess_mode: the checkpoint's preferred preprocessing mode (``"crop"`` if unsaid).
-        notice: one line for the user when ``"auto"`` fell back to ``pacegeo-tiny``, else None.
-    """
-
-    name: str
-    path: Path
-    target_size: int = 518
-    preprocess_mode: str = "crop"
-    notice: str | None = None
-
-
-def _preprocess_metadata(path: Path) -> tuple[int, str]:
-    import json
-
-    from pacegeo.hub import read_metadata
-
-    text = read_metadata(path).get("preprocess")
-    if not text:
-        return 518, "crop"
-    try:
-        data = json.loads(text)
-        size = int(data.get("target_size", 518))
-        mode = str(data.get("mode", "crop"))
-    except (ValueError, TypeError, AttributeError):
-        logger.warning("ignoring unreadable preprocess metadata in %s: %r", path, text)
-        return 518, "crop"
-    if size < 14 or size % 14 or mode not in ("crop", "pad"):
-        logger.warning("ignoring invalid preprocess metadata in %s: %r", path, text)
-        return 518, "crop"
-    return size, mode
-
-
-def resolve_model(model: str | os.PathLike | ModelChoice = "auto") -> ModelChoice:
-    """Find the weights of ``model`` without loading them.
-
-    ``"auto"`` is VGGT-1B when its weights are in the local Hugging Face cache, else the bundled
-    ``pacegeo-tiny`` (with a :attr:`ModelChoice.notice`). Other values go to
-    :func:`pacegeo.hub.resolve_weights` (names, hub ids, files, folders).
-
-    Raises:
-        CheckpointError: nothing found (with a sentence saying how to get weights).
-    """
-    if isinstance(model, ModelChoice):
-        return model
-    from pacegeo.hub import bundled_models, checkpoints_dir, is_available_locally, resolve_weights
-
-    name = str(model)
-    notice = None
-    if name == "auto":
-        if is_available_locally("vggt-1b"):
-            name = "vggt-1b"
-        elif "pacegeo-tiny" in bundled_models():
-            name, notice = "pacegeo-tiny", TINY_NOTICE
-        else:
-            raise CheckpointError(
-                "no model available: VGGT-1B is not in the local Hugging Face cache and the bundled "
-                f"pacegeo-tiny is missing from {checkpoints_dir()}; run `huggingface-cli download "
-                f"facebook/VGGT-1B model.safetensors` or pass a checkpoint as {option('model')}"
-            )
-    path = resolve_weights(name)
-    size, mode = _preprocess_metadata(path)
-    return ModelChoice(name=name, path=path, target_size=size, preprocess_mode=mode, notice=notice)
-
-
-def _looks_like_path(text: str) -> bool:
-    """Whether a model or pruner argument names a file (a separator or a weight-file suffix)."""
-    return os.sep in text or text.startswith(("~", ".")) or text.lower().endswith((".safetensors", ".pt", ".pth", ".bin"))
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"``: CUDA when available, else CPU. A requested CUDA device must exist."""
-    if isinstance(device, torch.device):
-        resolved = device
-    else:
-        text = str(device).strip().lower()
-        if text == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        try:
-            resolved = torch.device(text)
-        except (RuntimeError, ValueError):
-            raise InputError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
-    if resolved.type == "cuda":
-        if not torch.cuda.is_available():
-            raise InputError(f"device {device} requested but CUDA is not available here; use {option('device_cpu')}")
-        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
-            raise InputError(f"device {device} does not exist ({torch.cuda.device_count()} CUDA devices)")
-    elif resolved.type != "cpu":
-        raise InputError(f"unsupported device {device!r}; use auto, cpu, cuda or cuda:N")
-    return resolved
-
-
 # --------------------------------------------------------------------------------------------
 # Inputs
 # --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class PreparedInputs:
-    """Preprocessed frames ready for the model.
-
-    Attributes:
-        images: ``[S, 3, h, w]`` float32 RGB in [0, 1].
-        transforms: per frame, the :class:`pacegeo.io.images.ImageTransform` back to original pixels.
-        names: unique frame names (file names; for a video ``<stem>_<ms>ms.png``).
-        skipped: ``(source, reason)`` of inputs that could not be read and were left out.
-        source: a description of the input (folder, video or list).
-        paths: the files and folders read (the folder, video or image files; none for arrays):
-            no output of a reconstruction from them may replace or lie inside one of them.
-        mode, target_size: preprocessing used.
-        seconds: time spent reading and preprocessing.
-    """
-
-    images: torch.Tensor
-    transforms: list
-    names: list[str]
-    skipped: list[tuple[str, str]] = field(default_factory=list)
-    source: str = ""
-    mode: str = "crop"
-    target_size: int = 518
-    seconds: float = 0.0
-    paths: list[Path] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return len(self.names)
-
-    @property
-    def image_hw(self) -> tuple[int, int]:
-        """``(h, w)`` of the model input."""
-        return int(self.images.shape[-2]), int(self.images.shape[-1])
-
-
-def _unique_names(names: Sequence[str]) -> list[str]:
-    seen: dict[str, int] = {}
-    out = []
-    for name in names:
-        if name in seen:
-            seen[name] += 1
-            stem, dot, ext = name.rpartition(".")
-            candidate = f"{stem}_{seen[name]}.{ext}" if dot else f"{name}_{seen[name]}"
-            out.append(candidate)
-        else:
-            seen[name] = 1
-            out.append(name)
-    return out
-
-
-def _progress(iterable: Iterable, enabled: bool, **kwargs):
-    from tqdm.auto import tqdm
-
-    return tqdm(iterable, disable=not enabled, file=sys.stderr, dynamic_ncols=True, leave=False, **kwargs)
-
-
-def _progress_enabled(progress: bool | None) -> bool:
-    if progress is None:
-        return bool(getattr(sys.stderr, "isatty", lambda: False)())
-    return bool(progress)
-
-
-def _input_items(inputs, fps: float | None) -> tuple[str, object, str]:
-    """Classify ``inputs``: ``("files", [paths], desc)``, ``("video", path, desc)`` or ``("arrays", items, desc)``."""
-    from pacegeo.io.images import IMAGE_EXTENSIONS, list_image_files
-    from pacegeo.video import VIDEO_EXTENSIONS, is_video_file
-
-    if isinstance(inputs, (str, os.PathLike)):
-        path = Path(inputs).expanduser()
-        if not path.exists():
-            raise InputError(f"input not found: {path}")
-        if path.is_dir():
-            files = list_image_files(path)
-            if not files:
-                exts = " ".join(sorted(IMAGE_EXTENSIONS))
-                raise InputError(f"no image files in folder {path} (looked for {exts})")
-            if fps is not None:
-                raise InputError("fps applies to video input only; the input is a folder of images")
-            return "files", files, f"folder {path}"
-        if is_video_file(path):
-            return "video", path, f"video {path}"
-        if path.suffix.lower() in IMAGE_EXTENSIONS:
-            return "files", [path], str(path)
-        kinds = " ".join(sorted(VIDEO_EXTENSIONS))
-        raise InputError(f"unsupported input {path}: give a folder of images or a video file ({kinds})")
-    if isinstance(inputs, (np.ndarray, torch.Tensor)) and inputs.ndim == 4:
-        return "arrays", list(inputs), "the image batch"
-    if isinstance(inputs, Sequence) and not isinstance(inputs, (str, bytes, bytearray)):
-        if len(inputs) == 0:
-            raise InputError("no images given")
-        if all(isinstance(item, (str, os.PathLike)) for item in inputs):
-            return "files", [Path(item) for item in inputs], f"{len(inputs)} files"
-        return "arrays", list(inputs), f"{len(inputs)} images"
-    from PIL import Image
-
-    if isinstance(inputs, (np.ndarray, torch.Tensor, Image.Image)):
-        return "arrays", [inputs], "the image"
-    raise InputError(f"cannot reconstruct from a {type(inputs).__name__}; give a folder, a video, files or arrays")
-
-
-def _input_paths(inputs, kind: str, items) -> list[Path]:
-    """What ``inputs`` reads from disk: the folder or video as given, or the image files."""
-    if isinstance(inputs, (str, os.PathLike)):
-        return [Path(inputs).expanduser()]
-    if kind == "files":
-        return [Path(item).expanduser() for item in items]
-    return []
-
-
-def input_paths(inputs, fps: float | None = None) -> list[Path]:
-    """The files and folders a reconstruction of ``inputs`` reads (checked like :func:`check_input`)."""
-    kind, items, _ = _input_items(inputs, fps)
-    return _input_paths(inputs, kind, items)
-
-
-def check_input(inputs, fps: float | None = None) -> str:
-    """Validate an input without decoding it (a video is opened and probed). Returns a description.
-
-    Raises :class:`InputError` for a missing path, an empty folder or an unreadable video.
-    """
-    kind, items, description = _input_items(inputs, fps)
-    if kind == "video":
-        from pacegeo.video import probe_video
-
-        probe_video(items)
-    return description
-
-
-def prepare_inputs(
-    inputs,
-    mode: str = "crop",
-    target_size: int = 518,
-    frames: int | None = None,
-    stride: int | None = None,
-    fps: float | None = None,
-    strict: bool = False,
-    progress: bool | None = None,
-) -> PreparedInputs:
-    """Read, select and preprocess the frames of ``inputs``.
-
-    Args:
-        inputs: a folder of images, an image file, a video file, a list of paths, or in-memory
-            images (numpy ``[H, W, 3]``, torch ``[3, H, W]``, PIL; a 4-D batch is split).
-        mode: ``"crop"`` or ``"pad"`` (see :mod:`pacegeo.io.images`).
-        target_size: model input width (crop) or longer side (pad), a multiple of 14.
-        frames, stride: frame selection (:func:`select_frames`), applied before reading images and
-            after sampling a video.
-        fps: video sampling rate (default :data:`pacegeo.video.DEFAULT_FPS`); only for videos.
-        strict: fail on the first unreadable image instead of skipping it with a warning.
-        progress: tqdm bar on stderr (None: only when stderr is a terminal).
-
-    Raises:
-        InputError: bad options, missing/empty inputs, an unreadable image in strict mode, a bad
-            video, or no readable frame.
-    """
-    from pacegeo.io.images import check_preprocess_options, pad_to_common_shape, preprocess_image, read_image_rgb
-
-    start = time.perf_counter()
-    check_preprocess_options(mode, target_size)
-    select_frames(0, frames, stride)  # validates the options
-    if fps is not None and (isinstance(fps, bool) or not isinstance(fps, (int, float)) or not math.isfinite(fps) or fps <= 0):
-        raise InputError(f"fps must be a positive number, got {fps!r}")
-    kind, items, description = _input_items(inputs, fps)
-    show = _progress_enabled(progress)
-    images, transforms, names, skipped = [], [], [], []
-
-    if kind == "video":
-        from pacegeo.video import DEFAULT_FPS, iter_video_frames
-
-        for frame in _progress(iter_video_frames(items, fps or DEFAULT_FPS), show, desc="reading video", unit="frame"):
-            image, transform = preprocess_image(frame.rgb, mode, target_size, source=frame.name)
-            images.append(image)
-            transforms.append(transform)
-            names.append(frame.name)
-        chosen = select_frames(len(images), frames, stride)
-        images = [images[i] for i in chosen]
-        transforms = [transforms[i] for i in chosen]
-        names = [names[i] for i in chosen]
-    else:
-        chosen = select_frames(len(items), frames, stride)
-        for index in _progress(chosen, show, desc="loading images", unit="img"):
-            item = items[index]
-            try:
-                if kind == "files":
-                    path = Path(item)
-                    rgb = read_image_rgb(path)
-                    source, name = str(path), path.name
-                else:
-                    from pacegeo.io.images import read_image_source
-
-                    rgb, source, path = read_image_source(item, index)
-                    name = source
-            except InputError as err:
-                if strict:
-                    raise
-                label = str(item) if kind == "files" else f"<image {index}>"
-                skipped.append((label, str(err)))
-                continue
-            image, transform = preprocess_image(rgb, mode, target_size, source=source, path=path if kind == "files" else None)
-            images.append(image)
-            transforms.append(transform)
-            names.append(name)
-
-    if not images:
-        first = f"; first error: {skipped[0][1]}" if skipped else ""
-        raise InputError(f"no readable images in {description}{first}")
-    for _, reason in skipped:  # reported once we know the run goes on
-        logger.warning("skipping unreadable image: %s", reason)
-    images, transforms = pad_to_common_shape(images, transforms)
-    return PreparedInputs(
-        images=torch.stack(images),
-        transforms=list(transforms),
-        names=_unique_names(names),
-        skipped=skipped,
-        source=description,
-        mode=mode,
-        target_size=target_size,
-        seconds=time.perf_counter() - start,
-        paths=_input_paths(inputs, kind, items),
-    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -583,368 +219,6 @@ def _fmt_gib(value: int) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass
-class Reconstruction:
-    """Cameras, depth and points predicted for ``S`` frames.
-
-    Dense maps are at the model input resolution ``(h, w)`` (see :attr:`inference_hw`).
-
-    Attributes:
-        depth: ``[S, h, w]`` float32 z-depth along each camera's optical axis.
-        depth_conf: ``[S, h, w]`` float32 confidence of ``depth`` (>= 1, higher is better).
-        world_points: ``[S, h, w, 3]`` float32 world points from the point head.
-        world_points_conf: ``[S, h, w]`` float32 confidence of ``world_points``.
-        points_from_depth: ``[S, h, w, 3]`` float32 world points unprojected from ``depth`` with the
-            predicted cameras (usually the more accurate of the two).
-        colors: ``[S, h, w, 3]`` uint8 RGB of the model input.
-        valid_mask: ``[S, h, w]`` bool, False on padding (``mode="pad"`` or mixed image sizes).
-        extrinsics: ``[S, 3, 4]`` float32 OpenCV world-to-camera; frame 0 is ``[I | 0]``.
-        intrinsics: ``[S, 3, 3]`` float32 at the model input resolution (pixel centres at integers).
-        intrinsics_original: ``[S, 3, 3]`` float64, the same cameras in original-image pixels
-            (pixel centres at integers).
-        image_size: ``[S, 2]`` int original image ``(H, W)``.
-        frame_names: one name per frame.
-        keep: fraction of patch tokens kept per frame.
-        pruning: statistics of the pruned forward pass (token counts per frame, merged, dropped);
-            empty without pruning.
-        timings: seconds per stage: ``load``, ``preprocess``, ``inference`` (and ``inference/<stage>``),
-            ``export`` (grows as files are written).
-        peak_memory: peak bytes (CUDA: allocated by PyTorch during inference; CPU: the process's
-            peak resident set size).
-        memory_estimate: the preflight estimate (bytes) for this run.
-        files_written: paths written by :meth:`export` and the ``save_*`` methods, in order.
-        input_paths: what the reconstruction was made from (image files or folder, video, model and
-            pruner weights): no output may replace, contain or lie inside one of them.
-    """
-
-    depth: np.ndarray
-    depth_conf: np.ndarray
-    world_points: np.ndarray
-    world_points_conf: np.ndarray
-    points_from_depth: np.ndarray
-    colors: np.ndarray
-    valid_mask: np.ndarray
-    extrinsics: np.ndarray
-    intrinsics: np.ndarray
-    intrinsics_original: np.ndarray
-    image_size: np.ndarray
-    frame_names: list[str]
-    keep: float
-    pruning: dict = field(default_factory=dict)
-    timings: dict = field(default_factory=dict)
-    peak_memory: int = 0
-    peak_memory_kind: str = ""
-    memory_estimate: int = 0
-    model_name: str = ""
-    pruner_mode: str | None = None
-    device: str = "cpu"
-    dtype: str = "float32"
-    preprocess_mode: str = "crop"
-    skipped: list = field(default_factory=list)
-    files_written: list = field(default_factory=list)
-    input_paths: list = field(default_factory=list)
-
-    # -- basic properties -------------------------------------------------------------------------
-
-    def __len__(self) -> int:
-        return len(self.frame_names)
-
-    @property
-    def inference_hw(self) -> tuple[int, int]:
-        """``(h, w)`` of the model input and of every dense map."""
-        return int(self.depth.shape[1]), int(self.depth.shape[2])
-
-    @property
-    def camera_centers(self) -> np.ndarray:
-        """``[S, 3]`` camera centres in world coordinates (``-R^T t``)."""
-        rotation = self.extrinsics[:, :3, :3].astype(np.float64)
-        return -np.einsum("sji,sj->si", rotation, self.extrinsics[:, :3, 3].astype(np.float64))
-
-    @property
-    def tokens_per_frame(self) -> int:
-        """Patch tokens per frame before pruning."""
-        if "patch_tokens_per_frame" in self.pruning:
-            return int(self.pruning["patch_tokens_per_frame"])
-        h, w = self.inference_hw
-        return (h // 14) * (w // 14)
-
-    @property
-    def kept_per_frame(self) -> list[int]:
-        """Patch tokens each frame kept."""
-        if "kept_per_frame" in self.pruning:
-            return [int(k) for k in self.pruning["kept_per_frame"]]
-        return [self.tokens_per_frame] * len(self)
-
-    # -- points -----------------------------------------------------------------------------------
-
-    def point_mask(
-        self,
-        conf_threshold: float | None = None,
-        conf_percentile: float | None = None,
-        source: str = "depth",
-    ) -> np.ndarray:
-        """``[S, h, w]`` bool: valid, finite pixels whose confidence passes the filter.
-
-        One filter applies: ``conf_threshold=C`` keeps pixels with ``conf >= C`` (0 keeps all);
-        ``conf_percentile=P`` (0-100) drops the lowest ``P`` percent of the valid pixels by
-        confidence; with neither, the default :data:`DEFAULT_CONF_PERCENTILE` (50, as VGGT's demos
-        and the command line). ``source`` picks the map and its confidence: ``"depth"``
-        (:attr:`points_from_depth`, :attr:`depth_conf`) or ``"pointmap"`` (:attr:`world_points`,
-        :attr:`world_points_conf`).
-        """
-        kind, value = check_point_filter(conf_threshold, conf_percentile)
-        points, conf = self._source(source)
-        mask = self.valid_mask & np.isfinite(points).all(axis=-1) & np.isfinite(conf)
-        if kind == "threshold":
-            return mask & (conf >= value)
-        if mask.any() and value > 0:
-            mask &= conf >= np.percentile(conf[mask], value)
-        return mask
-
-    def _source(self, source: str) -> tuple[np.ndarray, np.ndarray]:
-        if source == "depth":
-            return self.points_from_depth, self.depth_conf
-        if source == "pointmap":
-            return self.world_points, self.world_points_conf
-        raise InputError(f"point source must be 'depth' or 'pointmap', got {source!r}")
-
-    def point_cloud(
-        self,
-        conf_threshold: float | None = None,
-        conf_percentile: float | None = None,
-        source: str = "depth",
-        max_points: int | None = None,
-        seed: int = 0,
-        return_conf: bool = False,
-    ):
-        """Coloured world points passing the confidence filter (:meth:`point_mask`).
-
-        ``max_points`` keeps a seeded random subset (in the original order). Returns
-        ``(xyz [M, 3] float32, rgb [M, 3] uint8)`` and, with ``return_conf``, ``conf [M]`` too.
-        """
-        points, conf = self._source(source)
-        mask = self.point_mask(conf_threshold, conf_percentile, source)
-        xyz = points[mask].astype(np.float32)
-        rgb = self.colors[mask]
-        scores = conf[mask].astype(np.float32)
-        max_points = check_count(max_points, "max_points")
-        seed = check_seed(seed)
-        if max_points is not None and len(xyz) > max_points:
-            chosen = np.sort(np.random.default_rng(seed).choice(len(xyz), size=max_points, replace=False))
-            xyz, rgb, scores = xyz[chosen], rgb[chosen], scores[chosen]
-        return (xyz, rgb, scores) if return_conf else (xyz, rgb)
-
-    def _points_for_export(self, **kwargs):
-        xyz, rgb, conf = self.point_cloud(return_conf=True, **kwargs)
-        if len(xyz) == 0:
-            points, all_conf = self._source(kwargs.get("source", "depth"))
-            finite = np.isfinite(all_conf) & np.isfinite(points).all(axis=-1)
-            if not finite[self.valid_mask].any():
-                raise InputError(
-                    "the model predicted no finite values (NaN or infinity everywhere): its weights are "
-                    f"probably corrupt; check the checkpoint ({self.model_name or 'the model'})"
-                )
-            valid = all_conf[self.valid_mask & finite]
-            best = f"{float(valid.max()):.3g}" if valid.size else "n/a"
-            threshold = kwargs.get("conf_threshold")
-            raise InputError(
-                f"no points pass the confidence filter (threshold {threshold}, highest confidence {best}); "
-                f"lower the threshold ({option('conf')}) or keep a share of the points ({option('conf_percentile_50')})"
-            )
-        return xyz, rgb, conf
-
-    # -- writers ----------------------------------------------------------------------------------
-
-    def colmap_intrinsics(self) -> np.ndarray:
-        """``[S, 3, 3]`` intrinsics in original-image pixels, COLMAP convention (top-left pixel centre at 0.5)."""
-        k = self.intrinsics_original.astype(np.float64).copy()
-        k[:, 0, 2] += 0.5
-        k[:, 1, 2] += 0.5
-        return k
-
-    def arrays(self) -> dict[str, np.ndarray]:
-        """Everything as numpy arrays (the content of :meth:`save_npz`)."""
-        return {
-            "extrinsics": self.extrinsics,
-            "intrinsics": self.intrinsics,
-            "intrinsics_original": self.intrinsics_original,
-            "depth": self.depth,
-            "depth_conf": self.depth_conf,
-            "world_points": self.world_points,
-            "world_points_conf": self.world_points_conf,
-            "points_from_depth": self.points_from_depth,
-            "colors": self.colors,
-            "valid_mask": self.valid_mask,
-            "image_size": self.image_size,
-            "frame_names": np.array(self.frame_names, dtype=np.str_),
-            "keep": np.float32(self.keep),
-            "kept_per_frame": np.array(self.kept_per_frame, dtype=np.int64),
-            "tokens_per_frame": np.int64(self.tokens_per_frame),
-        }
-
-    def cameras_json(self) -> dict[str, dict]:
-        """Per frame name: ``extrinsic`` (3x4 OpenCV world-to-camera), ``intrinsic`` (3x3 in
-        original-image pixels, pixel centres at integers), ``image_size`` ``[H, W]`` of the original,
-        ``camera_center`` (world), plus ``intrinsic_model`` and ``model_size`` ``[h, w]`` for the
-        model input resolution."""
-        def plain(array) -> list:  # JSON has no inf/NaN: such entries (degenerate cameras) become null
-            values = np.asarray(array, dtype=np.float64)
-            return np.where(np.isfinite(values), values, None).tolist()
-
-        centres = self.camera_centers
-        h, w = self.inference_hw
-        out = {}
-        for i, name in enumerate(self.frame_names):
-            out[name] = {
-                "index": i,
-                "extrinsic": plain(self.extrinsics[i]),
-                "intrinsic": plain(self.intrinsics_original[i]),
-                "image_size": [int(v) for v in self.image_size[i]],
-                "camera_center": plain(centres[i]),
-                "intrinsic_model": plain(self.intrinsics[i]),
-                "model_size": [h, w],
-            }
-        return out
-
-    def export(
-        self,
-        targets: dict[str, str | os.PathLike],
-        overwrite: bool = False,
-        progress: bool | None = None,
-        render_points: int = 150_000,
-        **point_kwargs,
-    ) -> dict[str, Path]:
-        """Write several outputs at once, all or nothing.
-
-        Args:
-            targets: format -> path, formats from :data:`EXPORT_FORMATS`: ``ply`` (binary point
-                cloud), ``glb`` (points and camera frustums), ``colmap`` (a folder of COLMAP text
-                files), ``npz`` (:meth:`arrays`), ``cameras`` (:meth:`cameras_json`), ``preview`` (PNG).
-            overwrite: replace outputs that exist.
-            progress: a progress bar over the outputs on stderr (None: when stderr is a terminal).
-            render_points: points drawn in the preview.
-            point_kwargs: the point filter of :meth:`point_cloud` (confidence, source, max_points, seed).
-
-        Every output is checked first (:func:`pacegeo.io.outputs.check_outputs`): none may be,
-        contain or lie inside one of :attr:`input_paths`, whatever ``overwrite`` says. The files
-        are written under temporary names and moved into place together: if anything fails (disk
-        full, out of memory), none appears and existing files are untouched.
-
-        Returns:
-            format -> the path written.
-
-        Raises:
-            OutputError: a refused or failed output (nothing written).
-            InputError: an unknown format, or no points pass the filter.
-        """
-        from pacegeo.io.outputs import OutputSet
-
-        unknown = sorted(set(targets) - set(EXPORT_FORMATS))
-        if unknown:
-            raise InputError(f"unknown export format {unknown[0]!r}; choose from {', '.join(EXPORT_FORMATS)}")
-        specs = {fmt: export_spec(fmt, path) for fmt, path in targets.items()}
-        start = time.perf_counter()
-        with OutputSet(list(specs.values()), self.input_paths, overwrite) as outputs:
-            points = None
-            if {"ply", "glb", "colmap"} & set(specs):
-                points = self._points_for_export(**point_kwargs)
-            for fmt in _progress(list(specs), _progress_enabled(progress), desc="writing", unit="file"):
-                staged = outputs.staged(specs[fmt])
-                if fmt == "colmap":
-                    self._write(fmt, staged, points, render_points, point_kwargs)
-                    continue
-                with open(staged, "wb") as handle:
-                    self._write(fmt, handle, points, render_points, point_kwargs)
-                    handle.flush()
-                    os.fsync(handle.fileno())
-        written = {fmt: spec.path for fmt, spec in specs.items()}
-        self.timings["export"] = self.timings.get("export", 0.0) + time.perf_counter() - start
-        self.files_written.extend(written.values())
-        return written
-
-    def _write(self, fmt: str, target, points, render_points: int, point_kwargs: dict) -> None:
-        """Stream format ``fmt`` into ``target`` (an open binary file; a folder for COLMAP)."""
-        from pacegeo import export
-
-        if fmt == "ply":
-            export.ply_into(target, points[0], points[1])
-        elif fmt == "glb":
-            export.glb_into(target, points[0], points[1], self.extrinsics, self.intrinsics, self.inference_hw, self.frame_names)
-        elif fmt == "colmap":
-            xyz, rgb, conf = points
-            export.colmap_into(
-                target, self.extrinsics, self.colmap_intrinsics(), self.image_size, self.frame_names, xyz, rgb,
-                errors=1.0 / np.maximum(conf, 1e-6),
-            )
-        elif fmt == "npz":
-            export.npz_into(target, self.arrays())
-        elif fmt == "cameras":
-            export.json_into(target, self.cameras_json())
-        elif fmt == "preview":
-            xyz, rgb = self.point_cloud(**point_kwargs)
-            kept = self.kept_per_frame
-            title = (
-                f"{len(self)} frames, {Path(self.model_name).name or 'model'}, keep {self.keep:g} "
-                f"({kept[-1] if kept else 0}/{self.tokens_per_frame} tokens per frame), {len(xyz):,} points"
-            )
-            export.preview_into(
-                target, xyz, rgb, self.extrinsics, self.intrinsics, self.inference_hw, title=title,
-                max_points=render_points, seed=int(point_kwargs.get("seed", 0)),
-            )
-
-    def save_ply(self, path: str | os.PathLike, **point_kwargs) -> Path:
-        """Write the coloured point cloud (:meth:`point_cloud` arguments) as a binary PLY, OpenCV
-        world frame; an existing file is replaced (see :meth:`export` for the checks)."""
-        return self.export({"ply": path}, overwrite=True, progress=False, **point_kwargs)["ply"]
-
-    def save_glb(self, path: str | os.PathLike, **point_kwargs) -> Path:
-        """Write a GLB scene: coloured points plus a wireframe frustum per camera, converted from
-        OpenCV to glTF's y-up convention; an existing file is replaced."""
-        return self.export({"glb": path}, overwrite=True, progress=False, **point_kwargs)["glb"]
-
-    def save_colmap(self, folder: str | os.PathLike, overwrite: bool = False, **point_kwargs) -> Path:
-        """Write a COLMAP text model (cameras.txt, images.txt, points3D.txt) into ``folder``.
-
-        One PINHOLE camera per frame in original-image pixels; poses are world-to-camera (qvec
-        wxyz, tvec); points carry RGB and an error of ``1 / confidence`` and no tracks. An existing
-        folder is replaced only with ``overwrite``.
-        """
-        return self.export({"colmap": folder}, overwrite=overwrite, progress=False, **point_kwargs)["colmap"]
-
-    def save_npz(self, path: str | os.PathLike) -> Path:
-        """Write :meth:`arrays` as a compressed ``.npz`` (``np.load(path)``; names are a str array)."""
-        return self.export({"npz": path}, overwrite=True, progress=False)["npz"]
-
-    def save_cameras_json(self, path: str | os.PathLike) -> Path:
-        """Write :meth:`cameras_json` as indented JSON."""
-        return self.export({"cameras": path}, overwrite=True, progress=False)["cameras"]
-
-    def save_preview(self, path: str | os.PathLike, render_points: int = 150_000, **point_kwargs) -> Path:
-        """Write a PNG with a perspective splat, a top and a side view of the coloured points
-        (:meth:`point_cloud` arguments; at most ``render_points`` drawn), with the cameras drawn
-        (:func:`pacegeo.export.preview_into`)."""
-        return self.export({"preview": path}, overwrite=True, progress=False, render_points=render_points, **point_kwargs)["preview"]
-
-
-#: Export formats: name -> (kind, suffix, what messages call it).
-EXPORT_FORMATS: dict[str, tuple[str, str, str]] = {
-    "ply": ("file", ".ply", "point cloud"),
-    "glb": ("file", ".glb", "GLB scene"),
-    "colmap": ("folder", "", "COLMAP folder"),
-    "npz": ("file", ".npz", "array file"),
-    "cameras": ("file", ".json", "camera file"),
-    "preview": ("file", ".png", "preview"),
-}
-
-
-def export_spec(fmt: str, path: str | os.PathLike):
-    """The :class:`pacegeo.io.outputs.OutputSpec` of writing format ``fmt`` to ``path``."""
-    from pacegeo.io.outputs import OutputSpec
-
-    kind, suffix, what = EXPORT_FORMATS[fmt]
-    return OutputSpec(Path(path), kind=kind, suffixes=(suffix,) if suffix else (), what=what)
-
-
 # --------------------------------------------------------------------------------------------
 # Pipeline
 # --------------------------------------------------------------------------------------------
@@ -1035,7 +309,7 @@ class Pipeline:
             CheckpointError: weights not found, unreadable or of the wrong architecture.
             InputError: bad device, dtype, target size or pruner name.
         """
-        from pacegeo.hub import checkpoints_dir, load_backbone
+        from pacegeo.hub import load_backbone
 
         start = time.perf_counter()
         resolved_device = resolve_device(device)
@@ -1048,30 +322,7 @@ class Pipeline:
         backbone = load_backbone(choice.path, device=resolved_device)
         backbone.requires_grad_(False)
 
-        pace, pruner_path = None, None
-        text = None if pruner is None else str(pruner)
-        if text is not None and text.lower() != "none":
-            from pacegeo.pace import MODES, PaceVGGT, load_pruner
-
-            if text == "auto":
-                bundled = checkpoints_dir() / f"{backbone.config.name}-pruner.safetensors"
-                if bundled.is_file():
-                    pruner_path = bundled
-                    pace = load_pruner(bundled, backbone, amp_dtype=amp)
-                else:
-                    pace = PaceVGGT(backbone, mode="training-free", amp_dtype=amp)
-            elif text in MODES and text != "learned":
-                pace = PaceVGGT(backbone, mode=text, amp_dtype=amp)
-            elif Path(text).expanduser().is_file():
-                pruner_path = Path(text).expanduser()
-                pace = load_pruner(pruner_path, backbone, amp_dtype=amp)
-            elif _looks_like_path(text):
-                raise CheckpointError(f"pruner checkpoint {text} not found")
-            else:
-                raise InputError(
-                    f"unknown pruner {text!r}; use auto, training-free, random, grid, none or a pruner checkpoint file"
-                )
-            pace.eval()
+        pace, pruner_path = build_pruner(backbone, pruner, amp)
         return cls(
             backbone,
             pruner=pace,
@@ -1224,7 +475,7 @@ class Pipeline:
             torch.cuda.reset_peak_memory_stats(device)
         fork_devices = [device.index or 0] if device.type == "cuda" else []
         stages = len(STAGES) if self.pruner is not None and keep < 1.0 else 3
-        bar = _progress(None, _progress_enabled(progress), total=stages, desc="inference", unit="stage")
+        bar = progress_bar(None, progress_enabled(progress), total=stages, desc="inference", unit="stage")
 
         def finished(stage: str) -> None:
             bar.update(1)
