@@ -298,10 +298,10 @@ def _fault_cases() -> list[Case]:
                           fault=("pacegeo.export.json_into", kind), fragment="nothing was written"))
         cases.append(Case(f"{kind} fault in synth's mesh writer", "faults",
                           ["synth", "-o", "out/synth", "-q", "--size", "32x24", "--frames", "2", "--scenes", "2"],
-                          fault=("pacegeo.data.synth.write_mesh_ply", kind), fragment="nothing was written"))
+                          fault=("pacegeo.data.synth.writer.write_mesh_ply", kind), fragment="nothing was written"))
         cases.append(Case(f"{kind} fault in synth's frame writer", "faults",
                           ["synth", "-o", "out", "-q", "--size", "32x24", "--frames", "3", "--overwrite"],
-                          fault=("pacegeo.data.synth._write_frame", kind), fragment="nothing was written",
+                          fault=("pacegeo.data.synth.writer._write_frame", kind), fragment="nothing was written",
                           existing={"out/scene_00000/color/0.jpg": b"previous"}))
     return cases
 

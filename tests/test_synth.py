@@ -194,7 +194,7 @@ def test_a_failed_run_leaves_no_scene_and_no_temporary_folder(tmp_path, monkeypa
     def boom(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(synth, "write_mesh_ply", boom)
+    monkeypatch.setattr("pacegeo.data.synth.writer.write_mesh_ply", boom)  # where generate_dataset looks it up
     with pytest.raises(RuntimeError):
         synth.generate_dataset(tmp_path, 1, 2, 50, width=32, height=24, progress=False)
     assert list(tmp_path.iterdir()) == []  # no scene, no temporary folder
