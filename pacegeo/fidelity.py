@@ -34,7 +34,7 @@ def camera_deviation(
     the pairs whose reference baseline ``|c_i - c_j|`` is at least ``min_baseline`` times the median
     reference baseline ``[M']`` (degrees)."""
     rot, trans = relative_pose_errors(extrinsics, reference)
-    centres = camera_centers(reference)
+    centres = camera_centers(to_numpy(reference))
     i, j = np.triu_indices(len(centres), k=1)
     baseline = np.linalg.norm(centres[i] - centres[j], axis=-1)
     if baseline.size == 0:
