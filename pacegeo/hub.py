@@ -30,6 +30,7 @@ from safetensors.torch import load_file, save_file
 
 from pacegeo.backbone import VGGT, VGGTConfig, config_from_dict, config_to_dict, vggt_1b
 from pacegeo.errors import CheckpointError, is_memory_error, option
+from pacegeo.io.outputs import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -322,7 +323,7 @@ def load_backbone(
 def save_backbone(model: VGGT, path: str | Path, half: bool = False, extra: dict[str, str] | None = None) -> Path:
     """Write ``model`` as safetensors with its config (and ``extra`` strings) in the metadata.
 
-    The file is written to a temporary name first and renamed, so an interrupted save leaves no
+    Written atomically (:func:`pacegeo.io.outputs.atomic_path`): an interrupted save leaves no
     half-written checkpoint.
     """
     path = Path(path)
@@ -330,8 +331,6 @@ def save_backbone(model: VGGT, path: str | Path, half: bool = False, extra: dict
     state = {k: (v.half() if half and v.is_floating_point() else v).contiguous().cpu() for k, v in model.state_dict().items()}
     meta = {"format": CHECKPOINT_FORMAT, "config": json.dumps(config_to_dict(model.config))}
     meta.update(extra or {})
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(state, str(tmp), metadata=meta)
-    os.chmod(tmp, 0o644)  # safetensors creates the file owner-only
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata=meta)
     return path

@@ -9,7 +9,8 @@ Every file or folder pacegeo writes goes through this module:
 * :class:`OutputSet` writes a run's outputs under temporary names beside their destinations and
   moves them into place together at the end: either every output appears, or none does and the
   previous files are untouched (a failure while moving rolls back the ones already moved).
-* :func:`atomic_write` and :func:`atomic_dir` are the one-output case.
+* :func:`atomic_write`, :func:`atomic_path` and :func:`atomic_dir` are the one-output case (an open
+  file, a file name, a folder).
 
 A temporary name is ``.<name>.<8 random characters>.tmp`` (``.old`` for a replaced file kept
 until the set is complete), :data:`TEMP_NAME_EXTRA` bytes longer than the name.
@@ -37,6 +38,7 @@ __all__ = [
     "OutputSpec",
     "TEMP_NAME_EXTRA",
     "atomic_dir",
+    "atomic_path",
     "atomic_write",
     "check_outputs",
     "describe_os_error",
@@ -326,6 +328,15 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", inputs: Sequence[str
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, inputs: Sequence[str | os.PathLike] = ()) -> Iterator[Path]:
+    """Yield a temporary file name beside ``path`` for writers that take a file name (safetensors,
+    ``np.save``); when the body succeeds the file replaces ``path``. Same rules as :func:`atomic_write`."""
+    spec = OutputSpec(Path(path))
+    with OutputSet([spec], inputs, overwrite=True) as outputs:
+        yield outputs.staged(spec)
 
 
 @contextlib.contextmanager

@@ -30,7 +30,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -43,6 +42,7 @@ from torch import nn
 from pacegeo.backbone import VGGT, DinoViT, PatchEmbed
 from pacegeo.backbone.aggregator import IMAGENET_MEAN, IMAGENET_STD
 from pacegeo.errors import CheckpointError, InputError
+from pacegeo.io.outputs import atomic_path
 from pacegeo.pruning.budget import keep_count, validate_keep
 from pacegeo.pruning.merge import gather_tokens, kept_indices, topk_mask
 from pacegeo.pruning.scorer import ScorerConfig, TokenScorer
@@ -378,9 +378,8 @@ def save_vpr(
         "backbone_sha256": backbone_sha256,
     }
     meta.update(extra or {})
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(state, str(tmp), metadata=meta)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata=meta)
     return path
 
 

@@ -26,6 +26,7 @@ import torch
 
 from pacegeo.errors import InputError
 from pacegeo.extras import require
+from pacegeo.io.outputs import atomic_write
 
 faiss = require("faiss", "place-recognition retrieval")
 
@@ -172,15 +173,14 @@ class DescriptorIndex:
     # -- persistence ------------------------------------------------------------------------------
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write everything to one ``.npz`` file (atomic: temporary file + rename)."""
+        """Write everything to one ``.npz`` file, atomically (:func:`pacegeo.io.outputs.atomic_write`)."""
         path = Path(path)
         if path.suffix != ".npz":
             path = path.with_name(path.name + ".npz")
         path.parent.mkdir(parents=True, exist_ok=True)
         index_bytes = faiss.serialize_index(self.index) if self.index is not None else np.zeros(0, np.uint8)
         meta = {"format": INDEX_FORMAT, "dim": self.dim, "kind": self.kind, "settings": self.settings}
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as f:
+        with atomic_write(path) as f:
             np.savez(
                 f,
                 index=np.asarray(index_bytes, dtype=np.uint8),
@@ -189,9 +189,6 @@ class DescriptorIndex:
                 intrinsics=self.intrinsics,
                 meta=np.asarray(json.dumps(meta)),
             )
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
         return path
 
     @classmethod
