@@ -433,7 +433,8 @@ def _cmd_view(args: argparse.Namespace) -> int:
         if path.is_file() and path.suffix.lower() == ".npz":
             given = [flag for flag, name in _VIEW_RECONSTRUCT_OPTIONS if getattr(args, name) is not None]
             if given:
-                raise InputError(f"{', '.join(given)} only apply to a folder of images or a video; "
+                verb = "applies" if len(given) == 1 else "apply"
+                raise InputError(f"{', '.join(given)} only {verb} to a folder of images or a video; "
                                  f"{path.name} holds a finished reconstruction")
             scene = viewer.load_npz(path)
         else:

@@ -177,7 +177,7 @@ def scene_from_arrays(arrays, name: str = "scene") -> SceneArrays:
         names = [str(n) for n in np.asarray(arrays["frame_names"]).reshape(-1)] if "frame_names" in keys else []
         if len(names) != s:
             names = [f"frame {i}" for i in range(s)]
-        keep = float(np.asarray(arrays["keep"])) if "keep" in keys else None
+        keep = round(float(np.asarray(arrays["keep"])), 6) if "keep" in keys else None  # stored as float32
     except InputError:
         raise
     except (ValueError, TypeError, KeyError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as err:

@@ -186,7 +186,10 @@ def _bad(tmp_path) -> dict:
     arrays = _arrays()
     arrays["depth_conf"] = arrays["depth_conf"][:, :, :-1]
     np.savez(shape, **arrays)
+    depth_only = tmp_path / "depth_only.npz"
+    np.savez(depth_only, **{k: v for k, v in _arrays().items() if not k.startswith("world_points")})
     return {
+        "no pointmap": ([str(depth_only), "--points-from", "pointmap"], "no points from 'pointmap'; it has depth"),
         "missing": ([str(tmp_path / "nothing.npz")], "not found"),
         "text": ([str(text)], "not an .npz scene"),
         "garbage": ([str(garbage)], "not an .npz archive"),
@@ -202,7 +205,7 @@ def _assert_one_line_error(code: int, err: str, expected: str) -> None:
     assert expected in err, err
 
 
-@pytest.mark.parametrize("case", ["missing", "text", "garbage", "single array", "no keys", "shapes"])
+@pytest.mark.parametrize("case", ["missing", "text", "garbage", "single array", "no keys", "shapes", "no pointmap"])
 def test_bad_input_is_one_line(case, tmp_path, capsys, no_serving):
     pytest.importorskip("viser")
     argv, expected = _bad(tmp_path)[case]
@@ -210,7 +213,8 @@ def test_bad_input_is_one_line(case, tmp_path, capsys, no_serving):
 
 
 @pytest.mark.parametrize("flags, expected", [
-    (["--keep", "0.5"], "--keep only apply to a folder of images or a video"),
+    (["--keep", "0.5"], "--keep only applies to a folder of images or a video"),
+    (["--model", "x", "--frames", "2"], "--model, --frames only apply to a folder of images or a video"),
     (["--conf-percentile", "100"], "--conf-percentile must be in [0, 100)"),
     (["--max-points", "0"], "--max-points"),
     (["--port", "70000"], "port must be in [0, 65535]"),
@@ -321,3 +325,26 @@ def test_browser_shows_the_points(tmp_path):
     for color in viewer._FIRST_COLOR, viewer._LAST_COLOR:
         near = (np.abs(scene_part - color).max(-1) < 45).sum()
         assert near > 50, f"{near} pixels of frustum colour {color}"
+
+
+def test_folder_input_reconstructs_and_offers_keep(tmp_path, model_path, capsys, monkeypatch):
+    """``pacegeo view FOLDER`` reconstructs, serves the result, and hands the viewer a re-run at any keep
+    that gives what the pipeline gives at that keep."""
+    pytest.importorskip("viser")
+    from helpers import write_frames
+
+    from pacegeo import Pipeline
+
+    write_frames(tmp_path / "frames", count=3)
+    served = {}
+    monkeypatch.setattr(viewer, "serve", lambda scene, host, port, **kwargs: served.update(scene=scene, port=port, **kwargs))
+    argv = ["view", str(tmp_path / "frames"), "--model", str(model_path), "--pruner", "training-free",
+            "--device", "cpu", "--keep", "0.5", "--port", "0", "-q"]
+    assert cli.main(argv) == 0, capsys.readouterr().err
+    pipe = Pipeline.from_pretrained(model_path, pruner="training-free", device="cpu")
+    for keep, scene in ((0.5, served["scene"]), (0.8, served["reconstruct"](0.8))):
+        rec = pipe.reconstruct(tmp_path / "frames", keep=keep, progress=False)
+        assert len(scene) == 3 and scene.keep == keep
+        np.testing.assert_array_equal(scene.points["depth"], rec.points_from_depth)
+        np.testing.assert_array_equal(scene.extrinsics, rec.extrinsics.astype(np.float64))
+    assert capsys.readouterr().out.strip() == "viewer stopped"
