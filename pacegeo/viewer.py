@@ -129,8 +129,13 @@ class SceneArrays:
         return xyz, rgb
 
 
-def _shape_error(name: str, shape, expected: str, where: str) -> InputError:
-    return InputError(f"{where}: array {name} has shape {list(shape)}, expected {expected}")
+def _array(arrays, key: str, dtype, shape: tuple, name: str) -> np.ndarray:
+    """``arrays[key]`` as ``dtype``; :class:`InputError` unless its shape is ``shape`` (None: any)."""
+    value = np.asarray(arrays[key], dtype=dtype)
+    if value.ndim != len(shape) or any(e is not None and e != a for e, a in zip(shape, value.shape)):
+        expected = ", ".join("?" if e is None else str(e) for e in shape)
+        raise InputError(f"{name}: array {key} has shape {list(value.shape)}, expected [{expected}]")
+    return value
 
 
 def scene_from_arrays(arrays, name: str = "scene") -> SceneArrays:
@@ -143,48 +148,30 @@ def scene_from_arrays(arrays, name: str = "scene") -> SceneArrays:
     keys = set(arrays.keys())
     sources = [s for s, (p, c) in SOURCES.items() if p in keys and c in keys]
     missing = [k for k in ("extrinsics", "intrinsics", "colors") if k not in keys]
-    if missing or not sources:
-        if not sources:
-            missing.append("points_from_depth and depth_conf (or world_points and world_points_conf)")
-        raise InputError(
-            f"{name} lacks arrays the viewer needs: {', '.join(missing)} "
-            "(write a scene with pacegeo reconstruct ... --export npz)"
-        )
+    if not sources:
+        missing.append("points_from_depth and depth_conf (or world_points and world_points_conf)")
+    if missing:
+        raise InputError(f"{name} lacks arrays the viewer needs: {', '.join(missing)} "
+                         "(write a scene with pacegeo reconstruct ... --export npz)")
     try:
-        extrinsics = np.asarray(arrays["extrinsics"], dtype=np.float64)
-        if extrinsics.ndim != 3 or extrinsics.shape[1:] != (3, 4):
-            raise _shape_error("extrinsics", extrinsics.shape, "[S, 3, 4]", name)
+        extrinsics = _array(arrays, "extrinsics", np.float64, (None, 3, 4), name)
         s = extrinsics.shape[0]
-        intrinsics = np.asarray(arrays["intrinsics"], dtype=np.float64)
-        if intrinsics.shape != (s, 3, 3):
-            raise _shape_error("intrinsics", intrinsics.shape, f"[{s}, 3, 3]", name)
-        colors = np.asarray(arrays["colors"])
-        if colors.ndim != 4 or colors.shape[0] != s or colors.shape[3] != 3:
-            raise _shape_error("colors", colors.shape, f"[{s}, h, w, 3]", name)
+        intrinsics = _array(arrays, "intrinsics", np.float64, (s, 3, 3), name)
+        colors = _array(arrays, "colors", None, (s, None, None, 3), name)
         hw = colors.shape[1:3]
-        points, conf = {}, {}
-        for source in sources:
-            p_key, c_key = SOURCES[source]
-            points[source] = np.asarray(arrays[p_key], dtype=np.float32)
-            conf[source] = np.asarray(arrays[c_key], dtype=np.float32)
-            if points[source].shape != (s, *hw, 3):
-                raise _shape_error(p_key, points[source].shape, f"[{s}, {hw[0]}, {hw[1]}, 3]", name)
-            if conf[source].shape != (s, *hw):
-                raise _shape_error(c_key, conf[source].shape, f"[{s}, {hw[0]}, {hw[1]}]", name)
-        valid = np.asarray(arrays["valid_mask"], dtype=bool) if "valid_mask" in keys else np.ones((s, *hw), bool)
-        if valid.shape != (s, *hw):
-            raise _shape_error("valid_mask", valid.shape, f"[{s}, {hw[0]}, {hw[1]}]", name)
+        points = {src: _array(arrays, SOURCES[src][0], np.float32, (s, *hw, 3), name) for src in sources}
+        conf = {src: _array(arrays, SOURCES[src][1], np.float32, (s, *hw), name) for src in sources}
+        valid = _array(arrays, "valid_mask", bool, (s, *hw), name) if "valid_mask" in keys else np.ones((s, *hw), bool)
         names = [str(n) for n in np.asarray(arrays["frame_names"]).reshape(-1)] if "frame_names" in keys else []
-        if len(names) != s:
-            names = [f"frame {i}" for i in range(s)]
         keep = round(float(np.asarray(arrays["keep"])), 6) if "keep" in keys else None  # stored as float32
     except InputError:
         raise
     except (ValueError, TypeError, KeyError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as err:
         raise InputError(f"cannot read the arrays of {name}: {err}") from None
-    if colors.dtype != np.uint8:  # floats in [0, 1] or other integer types
-        scale = 255.0 if np.issubdtype(colors.dtype, np.floating) and np.nanmax(colors, initial=0) <= 1.0 else 1.0
+    if colors.dtype != np.uint8:  # floats in [0, 1], or other integer types
+        scale = 255.0 if colors.dtype.kind == "f" and np.nanmax(colors, initial=0) <= 1.0 else 1.0
         colors = np.clip(np.nan_to_num(colors.astype(np.float64) * scale), 0, 255).astype(np.uint8)
+    names = names if len(names) == s else [f"frame {i}" for i in range(s)]
     return SceneArrays(extrinsics, intrinsics, colors, points, conf, valid, names, keep, name)
 
 
@@ -252,7 +239,7 @@ class SceneViewer:
         gui, s = server.gui, len(scene)
         c = {}
         c["info"] = gui.add_markdown("")
-        c["conf_percentile"] = gui.add_slider("Confidence percentile", 0, 99, 1, int(round(conf_percentile)),
+        c["conf_percentile"] = gui.add_slider("Confidence percentile", 0, 99, 1, min(99, int(round(conf_percentile))),
                                               hint="drop the least confident P percent of the points")
         c["max_points"] = gui.add_number("Max points", int(max_points), min=1, step=1000)
         c["source"] = gui.add_dropdown("Points from", tuple(scene.points), initial_value=source)
@@ -270,10 +257,8 @@ class SceneViewer:
         self.controls = c
         for name in ("conf_percentile", "max_points", "source", "frames", "frame_step"):
             c[name].on_update(lambda _: self.refresh_points())
-        c["frames"].on_update(lambda _: self.refresh_cameras())
-        c["frame_step"].on_update(lambda _: self.refresh_cameras())
-        c["cameras"].on_update(lambda _: self.refresh_cameras())
-        c["images"].on_update(lambda _: self.refresh_cameras(rebuild=True))
+        for name in ("frames", "frame_step", "cameras", "images"):
+            c[name].on_update(lambda event: self.refresh_cameras(rebuild=event.target is c["images"]))
         c["point_size"].on_update(lambda _: self._set_point_size())
         self.refresh_points()
         self.refresh_cameras(rebuild=True)
@@ -283,15 +268,11 @@ class SceneViewer:
             server.initial_camera.position = first[:3, 3] + 0.45 * self.size * back / np.linalg.norm(back)
             server.initial_camera.look_at = centre
 
-    # -- selection ------------------------------------------------------------------------------
-
     def selected_frames(self) -> list[int]:
         """Frames in the GUI's range, every k-th."""
         first, last = (int(v) for v in self.controls["frames"].value)
         step = max(1, int(self.controls["frame_step"].value))
         return list(range(max(0, first), min(len(self.scene) - 1, last) + 1, step))
-
-    # -- updates --------------------------------------------------------------------------------
 
     def refresh_points(self) -> None:
         """(Re)build ``/points`` from the GUI's filter."""

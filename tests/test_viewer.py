@@ -117,6 +117,9 @@ def test_controls_change_the_scene(server, scene_npz):
     c["frame_step"].value = 2  # frames 1..2, every 2nd: frame 1 only
     assert len(view.points.points) == _expected_mask(arrays, 80, frames=[1]).sum()
     assert [f.visible for f in view.frustums] == [False, True, False]
+    assert all(f.image is not None for f in view.frustums)
+    c["images"].value = False  # frustums rebuilt without their frames, still only frame 1 shown
+    assert all(f.image is None for f in view.frustums) and [f.visible for f in view.frustums] == [False, True, False]
     c["cameras"].value = False
     assert not any(f.visible for f in view.frustums)
     c["source"].value = "pointmap"
@@ -195,7 +198,7 @@ def _bad(tmp_path) -> dict:
         "garbage": ([str(garbage)], "not an .npz archive"),
         "single array": ([str(single)], "not an .npz archive"),
         "no keys": ([str(nokeys)], "lacks arrays the viewer needs: extrinsics, intrinsics, colors"),
-        "shapes": ([str(shape)], "depth_conf has shape [3, 6, 7]"),
+        "shapes": ([str(shape)], "depth_conf has shape [3, 6, 7], expected [3, 6, 8]"),
     }
 
 
