@@ -39,18 +39,15 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
 DEFAULT_CONF_PERCENTILE = 50.0  # as the command line's point filter: drop the least confident half
 DEFAULT_MAX_POINTS = 1_000_000
-INSTALL_HINT = 'pip install "pacegeo[viewer]" (or pip install viser)'
 SOURCES = {"depth": ("points_from_depth", "depth_conf"), "pointmap": ("world_points", "world_points_conf")}
 _FIRST_COLOR, _LAST_COLOR = np.array([230.0, 80.0, 30.0]), np.array([40.0, 110.0, 230.0])
 
 
 def import_viser():
     """The ``viser`` module; :class:`InputError` naming the install command when it is missing."""
-    try:
-        import viser
-    except ImportError:
-        raise InputError(f"the viewer needs viser, which is not installed; install it with {INSTALL_HINT}") from None
-    return viser
+    from pacegeo.extras import require
+
+    return require("viser", "the viewer")
 
 
 @dataclass

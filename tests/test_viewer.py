@@ -241,7 +241,7 @@ def test_port_in_use(scene_npz, capsys, no_serving):
 
 def test_viser_missing(scene_npz, capsys, monkeypatch, no_serving):
     monkeypatch.setitem(sys.modules, "viser", None)  # import viser raises ImportError
-    _assert_one_line_error(*_run(["view", str(scene_npz)], capsys), 'pip install "pacegeo[viewer]"')
+    _assert_one_line_error(*_run(["view", str(scene_npz)], capsys), "pip install 'pacegeo[viewer]' (or pip install viser)")
 
 
 def test_import_needs_no_viser():
@@ -351,3 +351,9 @@ def test_folder_input_reconstructs_and_offers_keep(tmp_path, model_path, capsys,
         np.testing.assert_array_equal(scene.points["depth"], rec.points_from_depth)
         np.testing.assert_array_equal(scene.extrinsics, rec.extrinsics.astype(np.float64))
     assert capsys.readouterr().out.strip() == "viewer stopped"
+
+
+def test_default_filter_is_the_library_default():
+    from pacegeo.pipeline import DEFAULT_CONF_PERCENTILE
+
+    assert viewer.DEFAULT_CONF_PERCENTILE == DEFAULT_CONF_PERCENTILE
