@@ -394,13 +394,13 @@ def test_a_failing_colmap_writer_leaves_no_folder(rec, tmp_path, monkeypatch):
 
 
 def test_a_failing_ply_export_leaves_no_file(rec, tmp_path, monkeypatch):
-    import pacegeo.export
+    import pacegeo.io.export
 
     def broken(handle, *args, **kwargs):
         handle.write(b"ply\n")
         raise RuntimeError("exporter failed")
 
-    monkeypatch.setattr(pacegeo.export, "ply_into", broken)
+    monkeypatch.setattr(pacegeo.io.export, "ply_into", broken)
     with pytest.raises(RuntimeError):
         rec.save_ply(tmp_path / "scene.ply", conf_threshold=0)
     assert list(tmp_path.iterdir()) == []
