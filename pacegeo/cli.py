@@ -328,7 +328,7 @@ def _query_files(items: list[str]) -> list:
     from pathlib import Path
 
     from pacegeo.errors import InputError
-    from pacegeo.io.images import IMAGE_EXTENSIONS, list_image_files
+    from pacegeo.io.decode import IMAGE_EXTENSIONS, list_image_files
 
     files = []
     for item in items:

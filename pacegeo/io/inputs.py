@@ -103,7 +103,7 @@ def unique_names(names: Sequence[str]) -> list[str]:
 
 def _input_items(inputs, fps: float | None) -> tuple[str, object, str]:
     """Classify ``inputs``: ``("files", [paths], desc)``, ``("video", path, desc)`` or ``("arrays", items, desc)``."""
-    from pacegeo.io.images import IMAGE_EXTENSIONS, list_image_files
+    from pacegeo.io.decode import IMAGE_EXTENSIONS, list_image_files
     from pacegeo.io.video import VIDEO_EXTENSIONS, is_video_file
 
     if isinstance(inputs, (str, os.PathLike)):
@@ -194,7 +194,8 @@ def prepare_inputs(
         InputError: bad options, missing/empty inputs, an unreadable image in strict mode, a bad
             video, or no readable frame.
     """
-    from pacegeo.io.images import check_preprocess_options, pad_to_common_shape, preprocess_image, read_image_rgb
+    from pacegeo.io.decode import read_image_rgb
+    from pacegeo.io.images import check_preprocess_options, pad_to_common_shape, preprocess_image
 
     start = time.perf_counter()
     check_preprocess_options(mode, target_size)
@@ -227,7 +228,7 @@ def prepare_inputs(
                     rgb = read_image_rgb(path)
                     source, name = str(path), path.name
                 else:
-                    from pacegeo.io.images import read_image_source
+                    from pacegeo.io.decode import read_image_source
 
                     rgb, source, path = read_image_source(item, index)
                     name = source
