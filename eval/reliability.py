@@ -277,8 +277,9 @@ def _prepare_input_files(work: Path) -> None:
 
 def _fault_cases() -> list[Case]:
     """Out of memory and a full disk in each exporter, with and without earlier outputs."""
-    targets = {"ply": "pacegeo.export.ply_into", "glb": "pacegeo.export.glb_into", "colmap": "pacegeo.export.colmap_into",
-               "npz": "pacegeo.export.npz_into", "cameras": "pacegeo.export.json_into", "preview": "pacegeo.export.preview_into"}
+    targets = {"ply": "pacegeo.io.export.ply_into", "glb": "pacegeo.io.export.glb_into",
+               "colmap": "pacegeo.io.export.colmap_into", "npz": "pacegeo.io.export.npz_into",
+               "cameras": "pacegeo.io.export.json_into", "preview": "pacegeo.io.preview.preview_into"}
     cases = []
     outputs = tuple(EXPORT_NAMES.values())
     for fmt, target in targets.items():
@@ -292,10 +293,10 @@ def _fault_cases() -> list[Case]:
                               fragment="nothing was written", existing=previous))
     for kind in ("memory", "disk"):
         cases.append(Case(f"{kind} fault writing the map", "faults", ["map", "frames", "--model", M, "-o", "out/m.pgmap"],
-                          fault=("pacegeo.export.npz_into", kind), fragment="nothing was written"))
+                          fault=("pacegeo.io.export.npz_into", kind), fragment="nothing was written"))
         cases.append(Case(f"{kind} fault writing the localize report", "faults",
                           ["localize", "map.pgmap", "frames/frame_01.png", "--model", M, "--json", "out/r.json"],
-                          fault=("pacegeo.export.json_into", kind), fragment="nothing was written"))
+                          fault=("pacegeo.io.export.json_into", kind), fragment="nothing was written"))
         cases.append(Case(f"{kind} fault in synth's mesh writer", "faults",
                           ["synth", "-o", "out/synth", "-q", "--size", "32x24", "--frames", "2", "--scenes", "2"],
                           fault=("pacegeo.data.synth.writer.write_mesh_ply", kind), fragment="nothing was written"))

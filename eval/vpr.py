@@ -38,7 +38,8 @@ import torch
 
 from pacegeo.errors import PacegeoError
 from pacegeo.hub import load_backbone
-from pacegeo.io.images import list_image_files, load_images
+from pacegeo.io.decode import list_image_files
+from pacegeo.io.images import load_images
 from pacegeo.vpr.extract import SCORINGS, DescriptorExtractor, load_vpr, read_vpr_metadata, resolve_vpr
 from pacegeo.vpr.head import GeMConfig, GeMHead, VLADConfig, VLADHead
 from pacegeo.vpr.index import DescriptorIndex

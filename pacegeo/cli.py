@@ -328,7 +328,7 @@ def _query_files(items: list[str]) -> list:
     from pathlib import Path
 
     from pacegeo.errors import InputError
-    from pacegeo.io.images import IMAGE_EXTENSIONS, list_image_files
+    from pacegeo.io.decode import IMAGE_EXTENSIONS, list_image_files
 
     files = []
     for item in items:
@@ -379,7 +379,7 @@ def _cmd_localize(args: argparse.Namespace) -> int:
         results = pipe.localize(queries, store=store, top_k=args.top_k, keep=keep, seed=args.seed,
                                 progress=False if args.quiet else None)
         if report is not None:
-            from pacegeo.export import json_into
+            from pacegeo.io.export import json_into
             from pacegeo.io.outputs import OutputSet
 
             data = {

@@ -333,7 +333,7 @@ class Reconstruction:
 
     def _write(self, fmt: str, target, points, render_points: int, point_kwargs: dict) -> None:
         """Stream format ``fmt`` into ``target`` (an open binary file; a folder for COLMAP)."""
-        from pacegeo import export
+        from pacegeo.io import export, preview
 
         if fmt == "ply":
             export.ply_into(target, points[0], points[1])
@@ -356,7 +356,7 @@ class Reconstruction:
                 f"{len(self)} frames, {Path(self.model_name).name or 'model'}, keep {self.keep:g} "
                 f"({kept[-1] if kept else 0}/{self.tokens_per_frame} tokens per frame), {len(xyz):,} points"
             )
-            export.preview_into(
+            preview.preview_into(
                 target, xyz, rgb, self.extrinsics, self.intrinsics, self.inference_hw, title=title,
                 max_points=render_points, seed=int(point_kwargs.get("seed", 0)),
             )
@@ -391,7 +391,7 @@ class Reconstruction:
     def save_preview(self, path: str | os.PathLike, render_points: int = 150_000, **point_kwargs) -> Path:
         """Write a PNG with a perspective splat, a top and a side view of the coloured points
         (:meth:`point_cloud` arguments; at most ``render_points`` drawn), with the cameras drawn
-        (:func:`pacegeo.export.preview_into`)."""
+        (:func:`pacegeo.io.preview.preview_into`)."""
         return self.export({"preview": path}, overwrite=True, progress=False, render_points=render_points, **point_kwargs)["preview"]
 
 

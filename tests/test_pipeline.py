@@ -394,13 +394,13 @@ def test_a_failing_colmap_writer_leaves_no_folder(rec, tmp_path, monkeypatch):
 
 
 def test_a_failing_ply_export_leaves_no_file(rec, tmp_path, monkeypatch):
-    import pacegeo.export
+    import pacegeo.io.export
 
     def broken(handle, *args, **kwargs):
         handle.write(b"ply\n")
         raise RuntimeError("exporter failed")
 
-    monkeypatch.setattr(pacegeo.export, "ply_into", broken)
+    monkeypatch.setattr(pacegeo.io.export, "ply_into", broken)
     with pytest.raises(RuntimeError):
         rec.save_ply(tmp_path / "scene.ply", conf_threshold=0)
     assert list(tmp_path.iterdir()) == []
@@ -458,7 +458,7 @@ def write_video(path: Path, frames: int = 20, rate: int = 10, size_hw=(56, 70)) 
 
 
 def test_video_frames_are_sampled_at_fps(pipe, tmp_path):
-    from pacegeo.video import probe_video, read_video_frames
+    from pacegeo.io.video import probe_video, read_video_frames
 
     video = write_video(tmp_path / "clip.mp4")
     info = probe_video(video)
@@ -471,7 +471,7 @@ def test_video_frames_are_sampled_at_fps(pipe, tmp_path):
 
 
 def test_corrupt_video_is_an_input_error(tmp_path):
-    from pacegeo.video import probe_video, read_video_frames
+    from pacegeo.io.video import probe_video, read_video_frames
 
     bad = tmp_path / "bad.mp4"
     bad.write_bytes(b"not a video at all" * 20)

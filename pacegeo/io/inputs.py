@@ -103,8 +103,8 @@ def unique_names(names: Sequence[str]) -> list[str]:
 
 def _input_items(inputs, fps: float | None) -> tuple[str, object, str]:
     """Classify ``inputs``: ``("files", [paths], desc)``, ``("video", path, desc)`` or ``("arrays", items, desc)``."""
-    from pacegeo.io.images import IMAGE_EXTENSIONS, list_image_files
-    from pacegeo.video import VIDEO_EXTENSIONS, is_video_file
+    from pacegeo.io.decode import IMAGE_EXTENSIONS, list_image_files
+    from pacegeo.io.video import VIDEO_EXTENSIONS, is_video_file
 
     if isinstance(inputs, (str, os.PathLike)):
         path = Path(inputs).expanduser()
@@ -161,7 +161,7 @@ def check_input(inputs, fps: float | None = None) -> str:
     """
     kind, items, description = _input_items(inputs, fps)
     if kind == "video":
-        from pacegeo.video import probe_video
+        from pacegeo.io.video import probe_video
 
         probe_video(items)
     return description
@@ -186,7 +186,7 @@ def prepare_inputs(
         target_size: model input width (crop) or longer side (pad), a multiple of 14.
         frames, stride: frame selection (:func:`select_frames`), applied before reading images and
             after sampling a video.
-        fps: video sampling rate (default :data:`pacegeo.video.DEFAULT_FPS`); only for videos.
+        fps: video sampling rate (default :data:`pacegeo.io.video.DEFAULT_FPS`); only for videos.
         strict: fail on the first unreadable image instead of skipping it with a warning.
         progress: tqdm bar on stderr (None: only when stderr is a terminal).
 
@@ -194,7 +194,8 @@ def prepare_inputs(
         InputError: bad options, missing/empty inputs, an unreadable image in strict mode, a bad
             video, or no readable frame.
     """
-    from pacegeo.io.images import check_preprocess_options, pad_to_common_shape, preprocess_image, read_image_rgb
+    from pacegeo.io.decode import read_image_rgb
+    from pacegeo.io.images import check_preprocess_options, pad_to_common_shape, preprocess_image
 
     start = time.perf_counter()
     check_preprocess_options(mode, target_size)
@@ -206,7 +207,7 @@ def prepare_inputs(
     images, transforms, names, skipped = [], [], [], []
 
     if kind == "video":
-        from pacegeo.video import DEFAULT_FPS, iter_video_frames
+        from pacegeo.io.video import DEFAULT_FPS, iter_video_frames
 
         for frame in progress_bar(iter_video_frames(items, fps or DEFAULT_FPS), show, desc="reading video", unit="frame"):
             image, transform = preprocess_image(frame.rgb, mode, target_size, source=frame.name)
@@ -227,7 +228,7 @@ def prepare_inputs(
                     rgb = read_image_rgb(path)
                     source, name = str(path), path.name
                 else:
-                    from pacegeo.io.images import read_image_source
+                    from pacegeo.io.decode import read_image_source
 
                     rgb, source, path = read_image_source(item, index)
                     name = source

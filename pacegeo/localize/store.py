@@ -169,7 +169,7 @@ class MapStore:
         ``path`` may not be, or lie inside, one of :attr:`input_paths` (the frames and weights the
         map was built from); an existing file is replaced only with ``overwrite``.
         """
-        from pacegeo.export import npz_into
+        from pacegeo.io.export import npz_into
         from pacegeo.io.outputs import OutputSet, OutputSpec
 
         arrays = {
