@@ -440,7 +440,7 @@ def _cmd_view(args: argparse.Namespace) -> int:
             scene = viewer.load_npz(path)
         else:
             from pacegeo.io.images import IMAGE_EXTENSIONS
-            from pacegeo.video import is_video_file
+            from pacegeo.io.video import is_video_file
 
             if path.is_file() and not (is_video_file(path) or path.suffix.lower() in IMAGE_EXTENSIONS):
                 raise InputError(f"{path} is not an .npz scene (pacegeo reconstruct ... --export npz), "
