@@ -37,21 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-
-def _load_common():
-    """``eval/common.py`` as module ``pacegeo_eval_common`` (the scripts are not a package)."""
-    import importlib.util
-
-    name = "pacegeo_eval_common"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().with_name("common.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-common = _load_common()
+from pacegeo import evaluation as common
 
 PROTOCOL = "7scenes"
 

@@ -45,7 +45,8 @@ from pacegeo.data.synth import make_scene, make_trajectory, render_frame
 from pacegeo.errors import PacegeoError
 from pacegeo.fidelity import fidelity
 from pacegeo.geometry import camera_centers, depth_to_world_points, pose_encoding_to_extri_intri
-from pacegeo.hub import load_backbone, read_metadata, resolve_weights
+from pacegeo.hub import load_backbone, resolve_weights
+from pacegeo.models import read_preprocess
 from pacegeo.geometry.transforms import umeyama
 from pacegeo.metrics import auc, chamfer, depth_metrics, relative_pose_errors, rra, rta
 
@@ -130,19 +131,20 @@ def clip_metrics(out: dict, clip: dict[str, torch.Tensor], max_points: int = 200
 
 
 def build_runner(backbone, spec: str, learned_coverage: float | None = None):
-    """``spec``: ``none``, ``training-free``, ``random``, ``grid``, or ``NAME=PATH`` of a pruner
-    (loaded with ``learned_coverage`` when given, else with the value saved in the file)."""
+    """``spec``: ``none``, a pruner name of :func:`pacegeo.models.build_pruner` (``training-free``,
+    ``random``, ``grid``, ``learned``), or ``NAME=PATH`` of a pruner file (loaded with
+    ``learned_coverage`` when given, else with the value saved in the file)."""
     if spec == "none":
         return "none", lambda images, keep: backbone(images)
-    from pacegeo.pace import PaceVGGT, load_pruner
+    from pacegeo.models import build_pruner
+    from pacegeo.pace import load_pruner
 
     if "=" in spec:
         name, path = spec.split("=", 1)
         extra = {} if learned_coverage is None else {"learned_coverage": learned_coverage}
-        pace = load_pruner(path, backbone, **extra)
+        pace = load_pruner(path, backbone, **extra).eval()
     else:
-        name, pace = spec, PaceVGGT(backbone, mode=spec)
-    pace.eval()
+        name, (pace, _) = spec, build_pruner(backbone, spec, amp_dtype="auto")
     return name, lambda images, keep: pace(images, keep=keep)
 
 
@@ -170,8 +172,7 @@ def main(argv=None) -> int:
         if args.size:
             height, width = (int(v) for v in args.size.lower().split("x"))
         else:
-            meta = read_metadata(resolve_weights(args.model))
-            width = int(json.loads(meta.get("preprocess", '{"target_size": 154}'))["target_size"])
+            width, _ = read_preprocess(resolve_weights(args.model), default_size=model.config.aggregator.img_size)
             height = int(round(width * 0.75 / 14)) * 14
         runners = [build_runner(model, spec, args.learned_coverage) for spec in args.pruners]
     except PacegeoError as err:

@@ -23,10 +23,11 @@ from pacegeo.errors import CheckpointError, InputError, option
 
 logger = logging.getLogger(__name__)
 
-#: Pruner names besides checkpoint files ("auto": the bundled trained pruner of the backbone, else training-free).
-PRUNER_NAMES = ("auto", "training-free", "random", "grid", "none")
+#: Pruner names besides checkpoint files ("auto": the bundled trained pruner of the backbone, else
+#: training-free; "learned": the bundled trained pruner).
+PRUNER_NAMES = ("auto", "learned", "training-free", "random", "grid", "none")
 
-__all__ = ["PRUNER_NAMES", "TINY_NOTICE", "ModelChoice", "build_pruner", "read_preprocess", "resolve_device", "resolve_model"]
+__all__ = ["PRUNER_NAMES", "TINY_NOTICE", "ModelChoice", "build_pruner", "bundled_pruner", "read_preprocess", "resolve_device", "resolve_model"]
 
 
 TINY_NOTICE = (
@@ -56,26 +57,30 @@ class ModelChoice:
     notice: str | None = None
 
 
-def read_preprocess(path: Path) -> tuple[int, str]:
-    """The inference size and preprocessing mode a checkpoint records (``preprocess`` metadata),
-    else ``(518, "crop")`` (VGGT-1B's)."""
+def read_preprocess(path: Path, default_size: int = 518) -> tuple[int, str]:
+    """The inference size and preprocessing mode a checkpoint records (its ``preprocess``
+    metadata), else ``(default_size, "crop")``: the one reading of that record.
+
+    ``default_size`` is the backbone's training size when the caller knows it
+    (``config.aggregator.img_size``), else 518 (VGGT-1B's)."""
     import json
 
     from pacegeo.hub import read_metadata
 
+    fallback = (int(default_size), "crop")
     text = read_metadata(path).get("preprocess")
     if not text:
-        return 518, "crop"
+        return fallback
     try:
         data = json.loads(text)
-        size = int(data.get("target_size", 518))
+        size = int(data.get("target_size", default_size))
         mode = str(data.get("mode", "crop"))
     except (ValueError, TypeError, AttributeError):
         logger.warning("ignoring unreadable preprocess metadata in %s: %r", path, text)
-        return 518, "crop"
+        return fallback
     if size < 14 or size % 14 or mode not in ("crop", "pad"):
         logger.warning("ignoring invalid preprocess metadata in %s: %r", path, text)
-        return 518, "crop"
+        return fallback
     return size, mode
 
 
@@ -138,15 +143,27 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return resolved
 
 
-def build_pruner(backbone, pruner: str | os.PathLike | None = "auto", amp_dtype: torch.dtype | None = None):
+def bundled_pruner(backbone) -> Path | None:
+    """The bundled trained pruner of ``backbone`` (``<checkpoints>/<name>-pruner.safetensors``), if any."""
+    from pacegeo.hub import checkpoints_dir
+
+    path = checkpoints_dir() / f"{backbone.config.name}-pruner.safetensors"
+    return path if path.is_file() else None
+
+
+def build_pruner(
+    backbone, pruner: str | os.PathLike | None = "auto", amp_dtype: torch.dtype | None = None, seed: int = 0
+):
     """The pruned model for ``pruner`` around ``backbone``, and the pruner file it came from.
 
     Args:
         backbone: a loaded :class:`pacegeo.backbone.VGGT`.
-        pruner: ``"auto"`` (the bundled ``<backbone name>-pruner.safetensors`` when present, else
-            ``"training-free"``), ``"training-free"``, ``"random"``, ``"grid"``, a pruner checkpoint
-            path, or ``"none"``/None (no pruner).
+        pruner: ``"auto"`` (the bundled trained pruner of the backbone when there is one, else
+            ``"training-free"``), ``"learned"`` (the bundled trained pruner; an error without one),
+            ``"training-free"``, ``"random"``, ``"grid"``, a pruner checkpoint path, or
+            ``"none"``/None (no pruner).
         amp_dtype: autocast dtype of the pruned forward (:func:`pacegeo.precision.resolve_dtype`).
+        seed: seed of the random baseline's selection.
 
     Returns:
         ``(pace, path)``: a :class:`pacegeo.pace.PaceVGGT` in eval mode (None for ``"none"``) and
@@ -156,28 +173,31 @@ def build_pruner(backbone, pruner: str | os.PathLike | None = "auto", amp_dtype:
         InputError: an unknown name. CheckpointError: a missing or unreadable pruner file, or one
         trained for another backbone.
     """
-    from pacegeo.hub import checkpoints_dir
     from pacegeo.pace import MODES, PaceVGGT, load_pruner
 
     text = None if pruner is None else str(pruner)
     if text is None or text.lower() == "none":
         return None, None
     path = None
-    if text == "auto":
-        bundled = checkpoints_dir() / f"{backbone.config.name}-pruner.safetensors"
-        if bundled.is_file():
-            path = bundled
-            pace = load_pruner(bundled, backbone, amp_dtype=amp_dtype)
+    if text in ("auto", "learned"):
+        path = bundled_pruner(backbone)
+        if path is not None:
+            pace = load_pruner(path, backbone, amp_dtype=amp_dtype, seed=seed)
+        elif text == "auto":
+            pace = PaceVGGT(backbone, mode="training-free", amp_dtype=amp_dtype, seed=seed)
         else:
-            pace = PaceVGGT(backbone, mode="training-free", amp_dtype=amp_dtype)
-    elif text in MODES and text != "learned":
-        pace = PaceVGGT(backbone, mode=text, amp_dtype=amp_dtype)
+            raise InputError(
+                f"no bundled trained pruner for {backbone.config.name} ({backbone.config.name}-pruner.safetensors); "
+                f"pass a pruner checkpoint as {option('pruner')}"
+            )
+    elif text in MODES:
+        pace = PaceVGGT(backbone, mode=text, amp_dtype=amp_dtype, seed=seed)
     elif Path(text).expanduser().is_file():
         path = Path(text).expanduser()
-        pace = load_pruner(path, backbone, amp_dtype=amp_dtype)
+        pace = load_pruner(path, backbone, amp_dtype=amp_dtype, seed=seed)
     elif looks_like_path(text):
         raise CheckpointError(f"pruner checkpoint {text} not found")
     else:
-        raise InputError(f"unknown pruner {text!r}; use auto, training-free, random, grid, none or a pruner checkpoint file")
+        raise InputError(f"unknown pruner {text!r}; use {', '.join(PRUNER_NAMES)} or a pruner checkpoint file")
     return pace.eval(), path
 

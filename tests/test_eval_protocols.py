@@ -4,7 +4,6 @@ The scripts are not a package; they are imported from their paths.
 """
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +14,8 @@ from pacegeo.geometry import transforms as tf
 
 from helpers import load_script
 
+from pacegeo import evaluation as common
+
 EVAL_DIR = Path(__file__).resolve().parents[1] / "eval"
 
 
@@ -24,7 +25,6 @@ def _load(name: str):
 
 scannet = _load("scannet")
 sevenscenes = _load("sevenscenes")
-common = sys.modules["pacegeo_eval_common"]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -79,10 +79,9 @@ def model_size(model_name: str, size: str | None) -> tuple[int, int]:
         if any(v % 14 for v in values):
             raise PacegeoError(f"--size {size!r}: height and width must be multiples of 14")
         return values[0], values[1]
-    import json
+    from pacegeo.models import read_preprocess
 
-    meta = read_metadata(resolve_weights(model_name))
-    width = int(json.loads(meta.get("preprocess", '{"target_size": 518}'))["target_size"])
+    width, _ = read_preprocess(resolve_weights(model_name))
     return int(round(width * 0.75 / 14)) * 14, width
 
 
