@@ -90,20 +90,6 @@ def test_one_command_trains_both_stages_and_leaves_the_final_pruner(backbone_fil
     assert (out / "pruner.safetensors").read_bytes() == (out / "finetune" / "pruner.safetensors").read_bytes()
 
 
-@pytest.mark.parametrize("size,message", [("518", None), ("112x154", None),
-                                          ("100", "multiples of 14"), ("axb", "expected HxW or a width")])
-def test_training_size_is_hxw_or_a_width(size, message):
-    from pacegeo.errors import PacegeoError
-
-    model_size = _load("distill").model_size
-    if message is None:
-        h, w = model_size("unused", size)
-        assert w == int(size.split("x")[-1]) and h % 14 == 0 and (h == 112 if "x" in size else h == 392)
-    else:
-        with pytest.raises(PacegeoError, match=message):
-            model_size("unused", size)
-
-
 def test_relative_pose_deviation_ignores_the_world_frame_and_scale_but_not_a_turned_camera():
     from scipy.spatial.transform import Rotation
 

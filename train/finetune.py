@@ -19,7 +19,7 @@ import csv
 import json
 import sys
 import time
-from pathlib import Path
+
 
 import numpy as np
 import torch
@@ -28,9 +28,8 @@ from pacegeo.errors import PacegeoError
 from pacegeo.hub import read_metadata
 from pacegeo.losses import relative_pose_deviation, teacher_loss, vggt_loss
 from pacegeo.pace import save_pruner
+from pacegeo.training import setup_training, training_batches, training_parser
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from distill import setup_training, training_batches, training_parser  # noqa: E402
 
 
 def finetune_history(previous: dict[str, str], args, first_step: int, last_step: int) -> list[dict]:
