@@ -376,7 +376,7 @@ def test_restored_kept_positions_equal_their_aa_outputs(monkeypatch, dino_model,
     psi = model.aggregator.patch_start_idx
     calls = _capture(monkeypatch, model)
     with torch.no_grad():
-        PaceVGGT(model, mode="training-free", amp_dtype="float32", frames_chunk=2)(images, keep=0.5, merge_ratio=merge_ratio)
+        PaceVGGT(model, mode="training-free", amp_dtype="float32", heads_chunk=2)(images, keep=0.5, merge_ratio=merge_ratio)
     assert len(calls["chunks"]) == 2  # 3 frames, 2 per chunk
     pos = calls["pos"]
     index = (pos[:, :, psi:, 0] - 1) * 5 + (pos[:, :, psi:, 1] - 1)  # grid index of each slot
