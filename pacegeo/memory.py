@@ -142,10 +142,11 @@ def embed_bytes(config, frames: int, image_hw: tuple[int, int], b: _Bytes) -> in
 def dpt_chunk_bytes(head, chunk: int, grid_hw: tuple[int, int], image_hw: tuple[int, int], b: _Bytes) -> int:
     """Peak of ``DPTHead._forward_chunk`` on ``chunk`` frames.
 
-    Alive at the peak (the positional embedding added at full resolution): the resized pyramid and
-    its ``layer*_rn`` projections (kept until the end; the token maps are views of the entries),
-    the interpolated full-resolution features and their sum with the embedding, and the embedding
-    itself (float32, computed once per call, plus its copy and scaled copy in the head's dtype).
+    Alive throughout: the resized pyramid and its ``layer*_rn`` projections (kept until the end;
+    the token maps are views of the entries). The peak is at full resolution: either where the
+    positional embedding is added (the interpolated features, their sum with the embedding, the
+    embedding itself: float32, plus its copy and scaled copy in the head's dtype) or in
+    ``output_conv2`` (its input, the 32-channel convolution and the output).
     """
     if head is None:
         return 0
@@ -156,9 +157,19 @@ def dpt_chunk_bytes(head, chunk: int, grid_hw: tuple[int, int], image_hw: tuple[
     pyramid = sum(chunk * ch * n * s * dt for ch, s in zip(oc, scales))
     layers_rn = sum(chunk * f * n * s * dt for s in scales)
     half = f if head.feature_only else f // 2
-    features = 2 * chunk * half * full * dt  # interpolated, then plus the embedding
-    embedding = full * half * (4 + (dt if dt != 4 else 0) + dt)
-    return int(pyramid + layers_rn + features + embedding)
+    with_embedding = 2 * chunk * half * full * dt + full * half * (4 + (dt if dt != 4 else 0) + dt)
+    conv2 = 0 if head.feature_only else chunk * full * (half + 32 + head.output_dim) * dt
+    return int(pyramid + layers_rn + max(with_embedding, conv2))
+
+
+@functools.lru_cache(maxsize=16)
+def parameter_bytes(config) -> int:
+    """Float32 bytes of the parameters of a :class:`pacegeo.backbone.VGGT` built from ``config``
+    (counted on the meta device: nothing is allocated)."""
+    from pacegeo.backbone.model import VGGT
+
+    with torch.device("meta"):
+        return 4 * sum(p.numel() for p in VGGT(config).parameters())
 
 
 def _head_outputs(config) -> int:
@@ -197,7 +208,6 @@ def estimate_peak_memory(
             (default: on CUDA, as the pipeline does).
         post: count the host-side post-processing (default: on the CPU, where it shares the memory).
     """
-    from pacegeo.backbone.model import VGGT
     from pacegeo.pruning.stream import HEADS_CHUNK
 
     device = torch.device(device).type
@@ -206,8 +216,7 @@ def estimate_peak_memory(
     post = (not cuda) if post is None else post
     agg = config.aggregator
     if weights_bytes is None:
-        with torch.device("meta"):
-            weights_bytes = 4 * sum(p.numel() for p in VGGT(config).parameters())
+        weights_bytes = parameter_bytes(config)
     b = _Bytes.make(amp_dtype, device)
     height, width = image_hw
     ps = agg.patch_size
@@ -270,8 +279,11 @@ def estimate_peak_memory(
         reduction = s * n * (8 + 8 + 3) + s * kept * (8 + 2 + 4)  # assignment, cumsum, masks; slot index, sizes
         # the features of one chunk are the embedding's output; several chunks go into a buffer
         phases["embed"] = embed_bytes(config, s, image_hw, b) if s <= chunk else feats + embed_bytes(config, chunk, image_hw, b)
-        select_chunk = chunk * n * (c * 4 * 2 + kept * 4) + chunk * kept * c * 4  # unit features, similarities
-        phases["select"] = feats + 2 * (s * kept * c * r + reduction) + select_chunk
+        # one chunk's unit features, weighted features, similarities and slot sums, on top of the
+        # chunks reduced so far; then their concatenation (the parts and the result)
+        select_chunk = chunk * n * (c * 4 * 2 + kept * 4) + chunk * kept * c * 4
+        parts = s * kept * c * r + reduction
+        phases["select"] = feats + max(parts + select_chunk, 2 * parts)
         phases["aa"] = stack_peak(feats + reduction + seq)
         hc = min(heads_chunk, s)
         pruned_pos = n - kept
@@ -382,4 +394,58 @@ def min_keep(fits, step: float = 0.01) -> float | None:
     return grid[hi]
 
 
-__all__ = ["GIB", "MemoryEstimate", "available_memory", "release_host_memory", "block_bytes_per_token", "dpt_chunk_bytes", "estimate_peak_memory", "max_frames", "min_keep"]
+_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2, "mib": 1024**2,
+          "g": 1000**3, "gb": 1000**3, "gib": GIB, "t": 1000**4, "tb": 1000**4, "tib": 1024**4}
+
+
+def parse_bytes(text: str) -> int:
+    """``"80GiB"``, ``"80 GB"``, ``"512MiB"`` or a plain byte count -> bytes.
+
+    Raises:
+        InputError: not a positive size.
+    """
+    import re
+
+    from pacegeo.errors import InputError
+
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(text))
+    unit = match.group(2).lower() if match else None
+    if match is None or unit not in _UNITS or float(match.group(1)) <= 0:
+        raise InputError(f"memory must be a positive size such as 80GiB, 24GB or 512MiB, got {text!r}")
+    return int(float(match.group(1)) * _UNITS[unit])
+
+
+def fit_report(estimate_for, frames: int, keep: float, memory: int, frames_limit: int = 1 << 20) -> dict:
+    """Whether ``frames`` frames at ``keep`` fit in ``memory`` bytes, and what would.
+
+    ``estimate_for(frames, keep)`` returns a :class:`MemoryEstimate`. Returns ``peak_bytes``,
+    ``fits``, ``max_frames`` (the largest frame count that fits at ``keep``; 0 if none) and
+    ``min_keep`` (the least pruning that fits ``frames``: the highest keep on a 0.01 grid whose
+    peak fits; None if even keep 0.01 does not).
+    """
+    estimate = estimate_for(frames, keep)
+    fits = estimate.total <= memory
+    most = max_frames(lambda s: estimate_for(s, keep).total <= memory, 1, frames_limit)
+    least = None
+    for step in range(100, 0, -1):
+        k = step / 100
+        if estimate_for(frames, k).total <= memory:
+            least = k
+            break
+    return {"peak_bytes": estimate.total, "fits": fits, "max_frames": most, "min_keep": least, "estimate": estimate}
+
+
+__all__ = [
+    "GIB",
+    "MemoryEstimate",
+    "available_memory",
+    "block_bytes_per_token",
+    "dpt_chunk_bytes",
+    "estimate_peak_memory",
+    "fit_report",
+    "max_frames",
+    "min_keep",
+    "parameter_bytes",
+    "parse_bytes",
+    "release_host_memory",
+]
