@@ -133,7 +133,7 @@ def embed_bytes(config, frames: int, image_hw: tuple[int, int], b: _Bytes) -> in
         return pixels + frames * n * dim * b.act
     tokens = frames * (extra + n)
     dino = agg.resolved_dino()
-    block = block_bytes_per_token(dim, ratio, b, qk_norm=False, rope=False)
+    block = block_bytes_per_token(dim, ratio, b, qk_norm=False, rope=False) + int(ratio * dim) * dim * b.cast / tokens
     prepare = frames * n * dim * b.act + 2 * tokens * dim * 4  # patchify, cls concat, + positional embedding
     final = 2 * tokens * dim * 4  # last residual and its norm (the features)
     return pixels + max(prepare, int(tokens * block), final) if dino.depth else pixels + prepare
@@ -240,6 +240,8 @@ def estimate_peak_memory(
     extra, dino_dim, _ = _dino_tokens(agg)
 
     phases: dict[str, int] = {}
+    # under autocast every linear layer casts its weight to the autocast dtype for the call
+    weight_cast = int(agg.mlp_ratio * c) * c * b.cast
     tokens = s * (psi + kept)
     block = block_bytes_per_token(c, agg.mlp_ratio, b, agg.qk_norm, agg.rope_freq > 0)
     entry = tokens * d * r
@@ -252,7 +254,7 @@ def estimate_peak_memory(
         best = 0
         for j in range(depth):
             stored = sum(1 for i in kept_layers if i < j)
-            best = max(best, stored * entry + int(tokens * block))
+            best = max(best, stored * entry + int(tokens * block) + weight_cast)
             if j in kept_layers:
                 best = max(best, (stored + 1) * entry + 2 * tokens * c * r)
         return base + best
