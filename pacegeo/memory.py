@@ -25,9 +25,9 @@ stream and the entries stay float32; LayerNorm outputs float32 on CUDA and the i
 the CPU; on CUDA the heads compute in float32 (the backbone turns autocast off around them).
 Attention is taken to be memory-efficient (SDPA's flash / memory-efficient kernels).
 
-On the CPU the estimate is of the process's resident set: from the heads on it adds one chunk
-working set for what glibc keeps of the blocks a chunk loop frees (they are below its mmap
-threshold, so they stay in its heap). ``live_only=True`` gives the tensor bytes alone.
+On the CPU the estimate is of the process's resident set: from the heads on it adds what glibc
+keeps of the blocks a chunk loop frees, the part of one chunk's tensors below its mmap threshold
+(32 MiB), which it serves from its heap. ``live_only=True`` gives the tensor bytes alone.
 """
 
 import ctypes
@@ -143,27 +143,42 @@ def embed_bytes(config, frames: int, image_hw: tuple[int, int], b: _Bytes) -> in
     return pixels + max(prepare, int(tokens * block), final) if dino.depth else pixels + prepare
 
 
-def dpt_chunk_bytes(head, chunk: int, grid_hw: tuple[int, int], image_hw: tuple[int, int], b: _Bytes) -> int:
-    """Peak of ``DPTHead._forward_chunk`` on ``chunk`` frames.
+def dpt_chunk_tensors(head, chunk: int, grid_hw: tuple[int, int], image_hw: tuple[int, int], b: _Bytes) -> list[float]:
+    """Sizes of the tensors alive at the peak of ``DPTHead._forward_chunk`` on ``chunk`` frames.
 
     Alive throughout: the resized pyramid and its ``layer*_rn`` projections (kept until the end;
     the token maps are views of the entries). The peak is at full resolution: either where the
     positional embedding is added (the interpolated features, their sum with the embedding, the
-    embedding itself: float32, plus its copy and scaled copy in the head's dtype) or in
-    ``output_conv2`` (its input, the 32-channel convolution and the output).
+    embedding itself: float32, plus its copy and scaled copy in the head's dtype; computed once per
+    shape and kept by the head, counted here as at its first call) or in ``output_conv2`` (its
+    input, the 32-channel convolution and the output).
     """
     if head is None:
-        return 0
+        return []
     n = grid_hw[0] * grid_hw[1]
     full = image_hw[0] * image_hw[1]
     f, oc, dt = head.features, head.out_channels, b.heads
     scales = (16, 4, 1, 0.25)  # pixels per patch of the four pyramid levels
-    pyramid = sum(chunk * ch * n * s * dt for ch, s in zip(oc, scales))
-    layers_rn = sum(chunk * f * n * s * dt for s in scales)
+    kept = [chunk * ch * n * s * dt for ch, s in zip(oc, scales)] + [chunk * f * n * s * dt for s in scales]
     half = f if head.feature_only else f // 2
-    with_embedding = 2 * chunk * half * full * dt + full * half * (4 + (dt if dt != 4 else 0) + dt)
-    conv2 = 0 if head.feature_only else chunk * full * (half + 32 + head.output_dim) * dt
-    return int(pyramid + layers_rn + max(with_embedding, conv2))
+    embedding = [full * half * 4] + ([full * half * dt] if dt != 4 else []) + [full * half * dt]
+    with_embedding = [chunk * half * full * dt] * 2 + embedding
+    conv2 = [] if head.feature_only else [chunk * full * c * dt for c in (half, 32, head.output_dim)]
+    return kept + max(with_embedding, conv2, key=sum)
+
+
+def dpt_chunk_bytes(head, chunk: int, grid_hw: tuple[int, int], image_hw: tuple[int, int], b: _Bytes) -> int:
+    """Peak bytes of ``DPTHead._forward_chunk`` on ``chunk`` frames (:func:`dpt_chunk_tensors`)."""
+    return int(sum(dpt_chunk_tensors(head, chunk, grid_hw, image_hw, b)))
+
+
+#: glibc's largest mmap threshold: smaller blocks come from its heap and stay there once freed.
+HEAP_BLOCK_LIMIT = 32 * 1024**2
+
+
+def heap_bytes(sizes: list[float]) -> int:
+    """The part of ``sizes`` that glibc serves from its heap (blocks below its mmap threshold)."""
+    return int(sum(x for x in sizes if x < HEAP_BLOCK_LIMIT))
 
 
 @functools.lru_cache(maxsize=16)
@@ -282,7 +297,7 @@ def estimate_peak_memory(
             best = max(best, before + max(during, 3 * s * per_frame))
             before += s * per_frame
         phases["heads"] = dense + best
-        chunk_work = max([dpt_chunk_bytes(h, min(dpt_chunk, s), grid_hw, image_hw, b) for h in heads] or [0])
+        slack = max([heap_bytes(dpt_chunk_tensors(h, min(dpt_chunk, s), grid_hw, image_hw, b)) for h in heads] or [0])
     else:
         feats = s * n * c * r  # preallocated feature buffer, read by the restoration
         chunk = min(frames_chunk, s)
@@ -304,7 +319,9 @@ def estimate_peak_memory(
         dpt = max([dpt_chunk_bytes(h, hc, grid_hw, image_hw, b) for h in heads] or [0])
         held = feats + reduction + layers * entry + (0 if outputs_on_host else outputs)
         phases["heads"] = held + plan + restored + max(restore_work, dpt)
-        chunk_work = plan + restored + max(restore_work, dpt)
+        layer = hc * (psi + n + 1) * d * r
+        dpt_heap = max([heap_bytes(dpt_chunk_tensors(h, hc, grid_hw, image_hw, b)) for h in heads] or [0])
+        slack = heap_bytes([layer] * layers) + (plan if plan < HEAP_BLOCK_LIMIT else 0) + max(restore_work, dpt_heap)
 
     final = 0 if (pruned and outputs_on_host) else outputs
     if post:
@@ -316,11 +333,11 @@ def estimate_peak_memory(
         final = rec
     if not cuda and not live_only:
         # glibc serves blocks below its mmap threshold (up to 32 MiB) from its heap and keeps what a
-        # chunk loop frees there: from the heads on, the resident set carries about one more chunk
-        # working set than the live tensors (measured in eval/results/memory_cpu.md)
+        # chunk loop frees there: from the heads on, the resident set carries the heap-served part of
+        # one chunk's working set beyond the live tensors (see eval/results/memory_cpu.md)
         for phase in ("heads", "post"):
             if phase in phases:
-                phases[phase] += chunk_work
+                phases[phase] += slack
     activations = max(phases.values())
     peak_phase = max(phases, key=phases.get)
     total = weights_bytes + images + runtime_bytes + activations
@@ -459,6 +476,8 @@ __all__ = [
     "available_memory",
     "block_bytes_per_token",
     "dpt_chunk_bytes",
+    "dpt_chunk_tensors",
+    "heap_bytes",
     "estimate_peak_memory",
     "fit_report",
     "max_frames",

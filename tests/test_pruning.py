@@ -597,6 +597,12 @@ def test_latency_script_runs_and_writes_records(tmp_path):
         assert key in records[1], key
     assert records[1]["aa_tokens"] < records[0]["aa_tokens"] and records[1]["ideal_speedup"] > 1
     assert script.main(argv[:-2] + ["--json", str(out), "--keep", "0"]) == 2  # invalid keep: one-line error
+    # keep 1 in float32 as the reference of the speed-ups
+    assert script.main(argv + ["--dtype", "bfloat16", "--reference-dtype", "float32"]) == 0
+    records = json.loads(out.read_text())
+    for record in records:
+        assert record["dtype"] == "bfloat16" and record["reference_dtype"] == "float32"
+        assert record["speedup_vs_reference"] == pytest.approx(record["reference_median_s"] / record["median_s"])
 
 
 def test_pruner_refuses_a_backbone_it_was_not_trained_for(tmp_path):
