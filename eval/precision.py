@@ -142,6 +142,28 @@ COLUMNS = [("depth_rel_median", "depth rel. median", 100, "%"), ("depth_rel_p90"
            ("translation_dir_deg_median", "transl. dir. median", 1, "°"), ("translation_dir_deg_max", "transl. dir. max", 1, "°")]
 
 
+#: "small": what bf16 may move at most (median over pixels / pairs) to be the CPU default, and at
+#: most this fraction of what keep 0.3 itself moves in float32
+SMALL = {"depth_rel_median": 0.01, "points_rel_median": 0.02, "rotation_deg_median": 0.5}
+SMALL_FRACTION_OF_PRUNING = 0.1
+
+
+def verdict(report: dict) -> tuple[bool, list[str]]:
+    """Whether every case's bf16 deviations are small (see ``SMALL``), with the reasons if not."""
+    problems = []
+    for case in report["cases"]:
+        for keep, dev in case["bf16_vs_fp32"].items():
+            for key, limit in SMALL.items():
+                if key in dev and dev[key] > limit:
+                    problems.append(f"{case['case']} keep {keep}: {key} {dev[key]:.3g} > {limit}")
+            pruning = case.get("pruning_fp32", {}).get(keep)
+            if pruning:
+                for key in SMALL:
+                    if key in dev and key in pruning and dev[key] > SMALL_FRACTION_OF_PRUNING * pruning[key]:
+                        problems.append(f"{case['case']} keep {keep}: {key} {dev[key]:.3g} above a tenth of pruning's")
+    return not problems, problems
+
+
 def markdown(report: dict) -> str:
     lines = [
         "# bf16 autocast against float32",
@@ -161,6 +183,13 @@ def markdown(report: dict) -> str:
         for label, dev in rows:
             cells = [f"{dev[key] * scale:.3g}{unit}" if key in dev else "-" for key, _, scale, unit in COLUMNS]
             lines.append(f"| {case['case']} | {case['frames']} | {size} | {label} | " + " | ".join(cells) + " |")
+    small, problems = verdict(report)
+    limits = ", ".join(f"{k} <= {v:g}" for k, v in SMALL.items())
+    lines += ["", f"Small means: {limits} (medians), and at most {SMALL_FRACTION_OF_PRUNING:g} of what keep 0.3 moves.",
+              f"bf16 deviations small: {'yes' if small else 'no'}" + ("" if small else " (" + "; ".join(problems) + ")"),
+              "CPU default (`auto`, pacegeo.precision): bf16 where the CPU has native bf16 matrix instructions and the "
+              "deviations are small, float32 elsewhere; on this CPU: "
+              + ("bf16" if small and report["cpu_native_bf16"] else "float32") + "."]
     return "\n".join(lines) + "\n"
 
 

@@ -107,7 +107,7 @@ class DPTHead(nn.Module):
         if scaled is None:
             emb = grid_pos_embed(x.shape[-2], x.shape[-1], x.shape[1], width / height, x.dtype, x.device)
             scaled = 0.1 * emb.to(x.dtype)
-            if len(self._pos_cache) >= 4:
+            if len(self._pos_cache) >= 8:
                 self._pos_cache.pop(next(iter(self._pos_cache)))
             self._pos_cache[key] = scaled
         return x + scaled
