@@ -13,7 +13,8 @@ Reported per keep, bf16 against float32:
 
 and, for scale, the same deviations between keep 0.3 and keep 1 in float32 (what pruning itself
 changes). Cases: ``pacegeo-tiny`` (bundled weights) on the real kitchen photos at its own input
-size and at 518 px, and VGGT-1B with seeded random weights (no download) on 4 of them at 518x392.
+size and at 518 px, and VGGT-1B with seeded random weights (no download) on 4 of them at 518 px wide
+(``--cases vggt-1b`` uses the official weights when they are in the Hugging Face cache).
 
     python eval/precision.py --images ../shared/data/images/kitchen --out eval/results/precision
     python eval/precision.py --cases tiny --frames 4            # quick
@@ -45,7 +46,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--images", type=Path, default=DEFAULT_IMAGES, help="folder of photos (default: the shared kitchen set)")
     p.add_argument("--cases", nargs="+", default=["tiny", "tiny-518", "vggt-1b-random"],
-                   choices=["tiny", "tiny-518", "vggt-1b-random"])
+                   choices=["tiny", "tiny-518", "vggt-1b-random", "vggt-1b"],
+                   help="vggt-1b: the official weights (from the Hugging Face cache), at 518 px")
     p.add_argument("--frames", type=int, default=8, help="frames of the pacegeo-tiny cases (VGGT-1B: --vggt-frames)")
     p.add_argument("--vggt-frames", type=int, default=4)
     p.add_argument("--keep", type=float, nargs="+", default=[1.0, PRUNED_KEEP])
@@ -148,10 +150,18 @@ SMALL = {"depth_rel_median": 0.01, "points_rel_median": 0.02, "rotation_deg_medi
 SMALL_FRACTION_OF_PRUNING = 0.1
 
 
+def trained(case: dict) -> bool:
+    """Cases with trained weights; random-weight ones have no calibrated geometry to keep."""
+    return "random" not in case["case"]
+
+
 def verdict(report: dict) -> tuple[bool, list[str]]:
-    """Whether every case's bf16 deviations are small (see ``SMALL``), with the reasons if not."""
+    """Whether the bf16 deviations of every trained-weight case are small (see ``SMALL``), with the
+    reasons if not. Random-weight cases are reported but not judged: their outputs are not
+    geometry, so their deviations show how random layers amplify rounding, not how a trained
+    model's predictions move."""
     problems = []
-    for case in report["cases"]:
+    for case in filter(trained, report["cases"]):
         for keep, dev in case["bf16_vs_fp32"].items():
             for key, limit in SMALL.items():
                 if key in dev and dev[key] > limit:
@@ -185,7 +195,10 @@ def markdown(report: dict) -> str:
             lines.append(f"| {case['case']} | {case['frames']} | {size} | {label} | " + " | ".join(cells) + " |")
     small, problems = verdict(report)
     limits = ", ".join(f"{k} <= {v:g}" for k, v in SMALL.items())
+    judged = ", ".join(sorted({c["case"] for c in report["cases"] if trained(c)})) or "none"
     lines += ["", f"Small means: {limits} (medians), and at most {SMALL_FRACTION_OF_PRUNING:g} of what keep 0.3 moves.",
+              f"Judged: the cases with trained weights ({judged}). Random-weight rows are reported, not judged: "
+              "their outputs are not geometry, so they show how random layers amplify rounding.",
               f"bf16 deviations small: {'yes' if small else 'no'}" + ("" if small else " (" + "; ".join(problems) + ")"),
               "CPU default (`auto`, pacegeo.precision): bf16 where the CPU has native bf16 matrix instructions and the "
               "deviations are small, float32 elsewhere; on this CPU: "
@@ -207,12 +220,17 @@ def main(argv=None) -> int:
                 pace, size = tiny_pruner()
                 size = 518 if case == "tiny-518" else size
                 frames = args.frames
+            elif case == "vggt-1b":
+                from pacegeo.hub import load_backbone
+
+                pace, size, frames = PaceVGGT(load_backbone("vggt-1b"), mode="training-free").eval(), 518, args.vggt_frames
             else:
                 pace, size, frames = vggt_random_pruner(), 518, args.vggt_frames
             prepared = prepare_inputs(args.images, "crop", size, progress=False)
             pick = select_frames(len(prepared), frames)
             images = prepared.images[pick]
-            name = {"tiny": "pacegeo-tiny", "tiny-518": "pacegeo-tiny", "vggt-1b-random": "vggt-1b (random weights)"}[case]
+            name = {"tiny": "pacegeo-tiny", "tiny-518": "pacegeo-tiny", "vggt-1b-random": "vggt-1b (random weights)",
+                    "vggt-1b": "vggt-1b"}[case]
             print(f"{name}: {len(pick)} frames at {images.shape[-1]}x{images.shape[-2]}", flush=True)
             cases.append(run_case(name, pace, images, sorted(set(args.keep), reverse=True)))
             del pace
