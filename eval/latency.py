@@ -11,6 +11,9 @@ counts FLOPs per stage analytically (:mod:`pacegeo.pruning.flops`), giving the i
         --keep 1 0.5 0.3 0.2 --size 224 --device cpu --json /tmp/lat_tiny.json --plot /tmp/lat_tiny.png
     python eval/latency.py --model vggt-1b-random --pruner none --frames 8 32 64 --size 518 \\
         --device cuda --json vggt_backbone.json     # the plain backbone's latency
+    python eval/latency.py --model vggt-1b-random --pruner training-free --frames 4 --size 518 --height 392 \\
+        --keep 1 0.3 --device cpu --dtype auto --reference-dtype float32 --json lat.json
+        # the default CPU precision against keep 1 in float32 (speedup_vs_reference)
 
 Models: ``vggt-1b-random`` (VGGT-1B architecture, random weights), ``tiny-random`` (the
 ``pacegeo-tiny`` architecture with random weights), or any name/path :func:`pacegeo.hub.load_backbone`
@@ -40,6 +43,7 @@ from pacegeo.errors import CheckpointError, PacegeoError
 from pacegeo.pace import STAGES, PaceVGGT, StageClock, backbone_forward_staged, load_pruner
 from pacegeo.precision import DTYPE_CHOICES, dtype_name, resolve_dtype
 from pacegeo.pruning import ScorerConfig, TokenScorer, keep_count
+from pacegeo.memory import estimate_peak_memory
 from pacegeo.pruning.flops import forward_flops, ideal_speedup
 
 PRUNER_MODES = {"learned": "learned", "training-free": "training-free", "random": "random", "grid": "grid"}
@@ -60,6 +64,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES,
                    help="autocast dtype of the forward (auto: pacegeo.precision.resolve_dtype, e.g. bf16 on CUDA)")
+    p.add_argument("--reference-dtype", default=None, choices=DTYPE_CHOICES,
+                   help="also time keep 1 in this dtype (e.g. float32) and report every keep's speed-up over it")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
@@ -181,22 +187,6 @@ def available_bytes(device: torch.device) -> int | None:
     return None
 
 
-def estimate_activation_bytes(backbone: VGGT, batch: int, frames: int, height: int, width: int, amp: bool) -> int:
-    """Rough activation memory of an unpruned forward: the kept AA entries, one block's working
-    set and the widest DPT map of a chunk (float32; bf16 halves the block part)."""
-    agg = backbone.config.aggregator
-    n = (height // agg.patch_size) * (width // agg.patch_size)
-    tokens = batch * frames * (agg.patch_start_idx + n)
-    entries = len(backbone.head_layers()) * tokens * 2 * agg.embed_dim * 4
-    block = tokens * agg.embed_dim * (3 + 1 + int(agg.mlp_ratio) + 2) * (2 if amp else 4)
-    dpt = 0
-    if backbone.depth_head is not None:
-        head = backbone.depth_head.config
-        chunk = min(frames, head.frames_chunk_size or frames)
-        dpt = 6 * batch * chunk * head.features * height * width  # a few full-resolution maps, float32
-    return entries + block + dpt
-
-
 def is_oom(err: BaseException) -> bool:
     if isinstance(err, MemoryError):
         return True
@@ -217,6 +207,7 @@ def run_once(backbone: VGGT, pace: PaceVGGT | None, images: torch.Tensor, keep: 
         backbone_forward_staged(backbone, images, clock, amp)
         stages, stats = clock.times, None
     else:
+        pace.amp_dtype = amp
         out = pace(images, keep=keep, timings=True)
         stats = out["pruning"]
         stages = stats["timings"]
@@ -225,18 +216,20 @@ def run_once(backbone: VGGT, pace: PaceVGGT | None, images: torch.Tensor, keep: 
     return total, {stage: float(stages.get(stage, 0.0)) for stage in STAGES}, stats
 
 
-def measure(backbone, pace, images, keeps, amp, repeats: int, warmup: int, probe: MemoryProbe) -> dict:
-    """Time every keep on the same images, round-robin: all warm-ups first, then ``repeats``
-    rounds that run each keep once, so that load from other processes hits every keep alike.
+def measure(backbone, pace, images, variants, repeats: int, warmup: int, probe: MemoryProbe) -> dict:
+    """Time every variant ``(keep, autocast dtype)`` on the same images, round-robin: all warm-ups
+    first, then ``repeats`` rounds that run each variant once, so that load from other processes
+    hits every variant alike.
 
-    Returns ``{keep: result}``; a result holds ``times_s``, ``median_s``, ``stage_s`` (median per
+    Returns ``{variant: result}``; a result holds ``times_s``, ``median_s``, ``stage_s`` (median per
     stage), ``peak_mem_bytes`` (largest over the runs) and the pruning statistics, or ``error``
     when the configuration ran out of memory.
     """
-    results: dict[float, dict] = {keep: {"times_s": [], "stages": [], "peaks": []} for keep in keeps}
+    results: dict[tuple, dict] = {v: {"times_s": [], "stages": [], "peaks": []} for v in variants}
 
-    def attempt(keep: float, timed: bool) -> None:
-        res = results[keep]
+    def attempt(variant: tuple, timed: bool) -> None:
+        res = results[variant]
+        keep, amp = variant
         if "error" in res:
             return
         try:
@@ -257,19 +250,19 @@ def measure(backbone, pace, images, keeps, amp, repeats: int, warmup: int, probe
             res["stats"] = stats
 
     with torch.inference_mode():
-        for keep in keeps:
+        for variant in variants:
             for _ in range(warmup):
-                attempt(keep, timed=False)
+                attempt(variant, timed=False)
         for _ in range(repeats):
-            for keep in keeps:
-                attempt(keep, timed=True)
+            for variant in variants:
+                attempt(variant, timed=True)
     out = {}
-    for keep, res in results.items():
+    for variant, res in results.items():
         if "error" in res:
-            out[keep] = {"error": res["error"]}
+            out[variant] = {"error": res["error"]}
             continue
         stage_s = {stage: statistics.median(run[stage] for run in res["stages"]) for stage in STAGES}
-        out[keep] = {"times_s": res["times_s"], "median_s": statistics.median(res["times_s"]), "stage_s": stage_s,
+        out[variant] = {"times_s": res["times_s"], "median_s": statistics.median(res["times_s"]), "stage_s": stage_s,
                      "peak_mem_bytes": max(res["peaks"]), "stats": res.get("stats")}
     return out
 
@@ -354,8 +347,14 @@ def main(argv=None) -> int:
     except PacegeoError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    amp = resolve_dtype(args.dtype, device)
+    try:
+        amp = resolve_dtype(args.dtype, device)
+        ref_amp = resolve_dtype(args.reference_dtype, device) if args.reference_dtype else None
+    except PacegeoError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     dtype = dtype_name(amp)
+    reference = (1.0, ref_amp) if args.reference_dtype and ref_amp != amp else None
     keeps = sorted(set(args.keep) | {1.0}, reverse=True)
     if 1.0 not in args.keep:
         print("note: keep 1 added as the speedup baseline")
@@ -373,7 +372,9 @@ def main(argv=None) -> int:
     mode = pace.mode if pace is not None else "none"
     param_bytes = sum(p.numel() * p.element_size() for p in backbone.parameters())
     for frames in sorted(args.frames):
-        need = estimate_activation_bytes(backbone, args.batch, frames, height, width, amp is not None)
+        need = max(estimate_peak_memory(config, frames, (height, width), k, amp, weights_bytes=param_bytes,
+                                        device=device.type, post=False, outputs_on_host=False).activations
+                   for k in keeps) * args.batch
         free = available_bytes(device)
         gen = torch.Generator().manual_seed(args.seed)
         images = torch.rand(args.batch, frames, 3, height, width, generator=gen).to(device)
@@ -390,13 +391,18 @@ def main(argv=None) -> int:
             print(f"frames {frames}: skipped, {error}")
             records.extend({**common, "keep": keep, "error": error} for keep in keeps)
             continue
-        results = measure(backbone, pace, images, keeps, amp, args.repeats, args.warmup, probe)
-        baseline = results[1.0].get("median_s")
+        variants = [(keep, amp) for keep in keeps] + ([reference] if reference else [])
+        results = measure(backbone, pace, images, variants, args.repeats, args.warmup, probe)
+        baseline = results[1.0, amp].get("median_s")
+        ref_median = results[reference].get("median_s") if reference else None
+        if reference:
+            print(f"frames {frames:>4} keep 1 in {dtype_name(ref_amp)} (reference): "
+                  f"{1000 * ref_median:9.1f} ms" if ref_median else f"frames {frames}: reference failed", flush=True)
         agg = config.aggregator
         n = (height // agg.patch_size) * (width // agg.patch_size)
         for keep in keeps:
             record = {**common, "keep": keep}
-            result = results[keep]
+            result = results[keep, amp]
             if "error" in result:
                 record["error"] = result["error"]
                 print(f"frames {frames}, keep {keep:g}: {record['error']}")
@@ -423,9 +429,14 @@ def main(argv=None) -> int:
                 flops_overhead_share=sum(flops[s] for s in OVERHEAD_STAGES) / flops["total"],
             )
             record["speedup_over_ideal"] = record["speedup"] / record["ideal_speedup"]
+            if ref_median:
+                record.update(reference_dtype=dtype_name(ref_amp), reference_median_s=ref_median,
+                              speedup_vs_reference=ref_median / result["median_s"])
             records.append(record)
             print(f"frames {frames:>4} keep {keep:<4g} {1000 * record['median_s']:9.1f} ms  "
-                  f"speedup {record['speedup']:.2f} (ideal {record['ideal_speedup']:.2f})", flush=True)
+                  f"speedup {record['speedup']:.2f} (ideal {record['ideal_speedup']:.2f})"
+                  + (f", {record['speedup_vs_reference']:.2f} over keep 1 in {dtype_name(ref_amp)}" if ref_median else ""),
+                  flush=True)
         del images
 
     print()

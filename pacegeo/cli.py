@@ -238,7 +238,7 @@ def _print_summary(rec, description: str, points: int, total_seconds: float) -> 
     t = rec.timings
     stages = ", ".join(f"{name} {t.get(name, 0.0):.2f} s" for name in ("load", "preprocess", "inference", "export"))
     print(f"time: {stages} (total {total_seconds:.2f} s)")
-    from pacegeo.pipeline import peak_rss_bytes
+    from pacegeo.system import peak_rss_bytes
 
     run_peak = peak_rss_bytes()  # after the exports: the whole run
     if rec.peak_memory_kind == "process RSS":
@@ -498,6 +498,20 @@ def _view_reconstruction(args: argparse.Namespace, path):
     return scene, (run if pipe.pruner is not None else None)
 
 
+
+def _cmd_estimate(args: argparse.Namespace) -> int:
+    import json
+
+    from pacegeo.estimate import EstimateRequest, format_report, parse_bytes, run_estimate
+
+    memory = parse_bytes(args.memory) if args.memory is not None else None
+    request = EstimateRequest(model=args.model, frames=args.frames, keep=args.keep, size=args.size,
+                              device=args.device, dtype=args.dtype, memory=memory)
+    report = run_estimate(request)
+    print(json.dumps(report) if args.json else format_report(report))
+    return 0
+
+
 MODEL_HELP = "auto (VGGT-1B if cached, else the bundled pacegeo-tiny), vggt-1b, pacegeo-tiny, or a checkpoint path"
 PRUNER_HELP = "auto (trained pruner if bundled, else training-free), training-free, random, grid, none, or a pruner checkpoint"
 DEVICE_HELP = "auto (CUDA if available), cpu, cuda or cuda:N"
@@ -662,6 +676,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of any randomness (point subsets, random pruning)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or notes")
     p.set_defaults(func=_cmd_view)
+    _one_line_errors(p)
+
+    p = sub.add_parser(
+        "estimate",
+        help="estimate the peak memory of a reconstruction, and what fits (no weights needed)",
+        description=(
+            "Estimate the peak memory of reconstructing FRAMES frames with a model (from its architecture "
+            "only: no weights are loaded), whether it fits in --memory, the largest frame count that fits at "
+            "this keep and the keep these frames need. The reconstruct preflight uses the same model."
+        ),
+    )
+    p.add_argument("--model", default="vggt-1b", help="vggt-1b (default), pacegeo-tiny, or a checkpoint path")
+    p.add_argument("--frames", type=int, required=True, metavar="N", help="number of frames")
+    p.add_argument("--keep", type=float, default=1.0, metavar="K", help="fraction of patch tokens kept, in (0, 1] (default 1)")
+    p.add_argument("--size", type=_parse_size, default=None, metavar="WxH",
+                   help="model input in pixels, multiples of 14 (default: the model's width at 4:3, 518x392 for vggt-1b)")
+    p.add_argument("--device", default="cuda", choices=("cuda", "cpu"), help="where the run would happen (default cuda)")
+    p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"), help=DTYPE_HELP)
+    p.add_argument("--memory", default=None, metavar="SIZE",
+                   help="memory of the device, e.g. 80GiB, 24GB (default: what is free on this machine's device)")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object (peak_bytes, fits, max_frames, min_keep and the details)")
+    p.set_defaults(func=_cmd_estimate)
     _one_line_errors(p)
     return parser
 

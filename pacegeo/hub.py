@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +47,7 @@ class HubModel:
     filenames: tuple[str, ...]
     description: str
     licence: str
+    config: Callable[[], VGGTConfig] = vggt_1b  # the architecture (known without the weights)
 
 
 HUB_MODELS = {
@@ -56,6 +58,15 @@ HUB_MODELS = {
         "non-commercial (VGGT licence)",
     ),
 }
+
+
+def model_config(name_or_path: str | Path) -> VGGTConfig:
+    """The architecture of a model without loading (or downloading) its weights: the preset of a
+    hub model name (``vggt-1b``), else the config recorded in a checkpoint's metadata."""
+    text = str(name_or_path)
+    if text.lower() in HUB_MODELS and not Path(text).expanduser().exists():
+        return HUB_MODELS[text.lower()].config()
+    return _config_for(resolve_weights(text))
 
 
 def checkpoints_dir() -> Path:

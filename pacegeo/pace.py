@@ -52,7 +52,7 @@ from pacegeo.pruning.budget import (
 )
 from pacegeo.pruning.merge import TokenReduction, gather_tokens, reduce_tokens, straight_through_mask, topk_mask
 from pacegeo.pruning.restore import FeatureGuidedRestoration, RestorationConfig
-from pacegeo.pruning.stream import default_chunk, streamed_heads
+from pacegeo.pruning.stream import HEADS_CHUNK, default_chunk, streamed_heads
 from pacegeo.pruning.scorer import ScorerConfig, TokenScorer
 from pacegeo.pruning.training_free import (
     distinctiveness_scores,
@@ -174,9 +174,11 @@ class PaceVGGT(nn.Module):
         amp_dtype: ``"auto"``, None/``"float32"``, ``"bfloat16"`` or ``"float16"``, resolved by
             :func:`pacegeo.precision.resolve_dtype` (the autocast region of the whole forward).
         st_temperature: temperature of the straight-through mask of ``forward(..., soft=True)``.
-        frames_chunk: frames per chunk of the frame-wise stages of a pruned forward (embedding,
-            scoring, selection, restoration and heads); default: the DPT heads'
-            ``frames_chunk_size``. It bounds memory only: the outputs do not depend on it.
+        frames_chunk: frames per chunk of the embedding, scoring and selection of a pruned
+            forward; default: the DPT heads' ``frames_chunk_size``.
+        heads_chunk: frames per chunk of the restoration and the depth and point heads of a pruned
+            forward (default :data:`pacegeo.pruning.stream.HEADS_CHUNK`). The two chunk sizes bound
+            memory only: the outputs do not depend on them.
     """
 
     def __init__(
@@ -194,6 +196,7 @@ class PaceVGGT(nn.Module):
         amp_dtype: str | torch.dtype | None = "auto",
         st_temperature: float = 1.0,
         frames_chunk: int | None = None,
+        heads_chunk: int | None = None,
     ) -> None:
         super().__init__()
         if mode not in MODES:
@@ -214,9 +217,11 @@ class PaceVGGT(nn.Module):
         self.seed = int(seed)
         self.amp_dtype = amp_dtype
         self.st_temperature = float(st_temperature)
-        if frames_chunk is not None and (isinstance(frames_chunk, bool) or not isinstance(frames_chunk, int) or frames_chunk < 1):
-            raise InputError(f"frames_chunk must be a positive integer, got {frames_chunk!r}")
+        for name, value in (("frames_chunk", frames_chunk), ("heads_chunk", heads_chunk)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise InputError(f"{name} must be a positive integer, got {value!r}")
         self.frames_chunk = frames_chunk or default_chunk(backbone)
+        self.heads_chunk = heads_chunk or HEADS_CHUNK
         device = next(backbone.parameters()).device
         self.restoration.to(device)
         if self.scorer is not None:
@@ -417,7 +422,7 @@ class PaceVGGT(nn.Module):
             clock.mark("aa")
             out = streamed_heads(
                 backbone, self.restoration, entries, reduction, feats, grid_hw, (height, width),
-                chunk=self.frames_chunk, output_device=output_device, clock=clock,
+                chunk=self.heads_chunk, output_device=output_device, clock=clock,
             )
         del entries, feats
         if not backbone.training:

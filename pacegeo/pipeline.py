@@ -20,12 +20,8 @@ conventions of every array).
 from __future__ import annotations
 
 import logging
-import math
 import os
-import resource
-import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,16 +29,20 @@ import torch
 
 from pacegeo.errors import InputError, option
 from pacegeo.io.inputs import PreparedInputs, check_input, input_paths, prepare_inputs, select_frames
+from pacegeo.memory import MemoryEstimate, estimate_peak_memory, max_frames, min_keep
+from pacegeo.system import available_memory, release_host_memory
 from pacegeo.models import TINY_NOTICE, ModelChoice, build_pruner, resolve_device, resolve_model
 from pacegeo.options import check_keep, check_seed
 from pacegeo.precision import dtype_name, resolve_dtype
 from pacegeo.progress import progress_bar, progress_enabled
+from pacegeo.system import peak_rss_bytes, rss_bytes
 from pacegeo.reconstruction import DEFAULT_CONF_PERCENTILE, EXPORT_FORMATS, Reconstruction, check_point_filter, export_spec
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_KEEP = 0.3
 GIB = 1024**3
+POST_CHUNK = 4  # frames per chunk of the host-side post-processing (unprojection, colours)
 
 __all__ = [
     "DEFAULT_CONF_PERCENTILE",
@@ -67,167 +67,8 @@ __all__ = [
 ]
 
 
-# --------------------------------------------------------------------------------------------
-# Option checking
-# --------------------------------------------------------------------------------------------
-
-
-# --------------------------------------------------------------------------------------------
-# Models
-# --------------------------------------------------------------------------------------------
-
-
-# --------------------------------------------------------------------------------------------
-# Inputs
-# --------------------------------------------------------------------------------------------
-
-
-# --------------------------------------------------------------------------------------------
-# Memory preflight
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class MemoryEstimate:
-    """Analytic peak-memory estimate of one forward pass, in bytes.
-
-    ``weights`` are the parameters; ``activations`` the peak of the embedding, the attention stack
-    and the heads stage; ``stack`` the attention stack's share (working set at the pruned sequence
-    length plus the layer outputs the heads read), the part that pruning shrinks; ``outputs`` the
-    dense predictions and their post-processing. ``total`` includes a safety margin.
-    """
-
-    weights: int
-    activations: int
-    outputs: int
-    total: int
-    stack: int = 0
-
-    @property
-    def beyond_weights(self) -> int:
-        """What the forward pass needs on top of already-loaded weights."""
-        return self.total - self.weights
-
-
-def _dpt_chunk_bytes(head, n: int, frames: int) -> int:
-    """Peak float32 bytes of one DPT head chunk over ``n`` patches per frame."""
-    if head is None:
-        return 0
-    chunk = min(head.frames_chunk_size or frames, frames)
-    f, oc0 = head.features, head.out_channels[0]
-    taps = 4 * n * head.dim_in * 2  # normed and projected token maps
-    refine = 16 * n * (oc0 + 2 * f) + 64 * n * 2 * f  # 4x and 8x patch-grid stages
-    full = 64 * n * f // 2 + 196 * n * (f + 36)  # output_conv1, interpolation to full res, output_conv2
-    return 4 * chunk * (taps + max(refine, full))
-
-
-def estimate_peak_memory(
-    config,
-    frames: int,
-    image_hw: tuple[int, int],
-    keep: float = 1.0,
-    amp_dtype: torch.dtype | None = None,
-    weights_bytes: int | None = None,
-    host: bool = True,
-) -> MemoryEstimate:
-    """Estimate the peak memory of reconstructing ``frames`` frames of ``image_hw`` with ``keep``.
-
-    Args:
-        config: the backbone's :class:`pacegeo.backbone.VGGTConfig`.
-        frames: number of frames ``S``.
-        image_hw: model input ``(h, w)`` in pixels.
-        keep: fraction of patch tokens kept per frame.
-        amp_dtype: autocast dtype of the embedding and AA stack (None: float32).
-        weights_bytes: size of the loaded parameters (default: counted from the config, float32).
-        host: include host-side post-processing (the CPU case, where everything shares one pool).
-
-    The attention is taken to be memory-efficient (PyTorch SDPA: flash/efficient kernels on CUDA
-    and the flash kernel on CPU never materialise the ``N x N`` score matrix).
-    """
-    from pacegeo.backbone.model import VGGT
-
-    agg = config.aggregator
-    if weights_bytes is None:
-        with torch.device("meta"):
-            weights_bytes = 4 * sum(p.numel() for p in VGGT(config).parameters())
-    act = 2 if amp_dtype in (torch.bfloat16, torch.float16) else 4
-    height, width = image_hw
-    ps = agg.patch_size
-    n = (height // ps) * (width // ps)
-    special = agg.patch_start_idx
-    kept = n if keep >= 1.0 else max(1, min(n, math.ceil(keep * n - 1e-9)))
-    pruned = kept < n
-    s = frames
-    c = agg.embed_dim
-    tokens_kept = s * (special + kept)
-    tokens_full = s * (special + n)
-    n_layers = len(config.head_layers())
-
-    images = s * 3 * height * width * 4
-    dino = agg.resolved_dino()
-    if dino is not None:
-        embed = s * (1 + dino.num_register_tokens + n) * dino.embed_dim * (dino.mlp_ratio + 8) * act
-    else:
-        embed = s * n * c * 3 * act
-    embed += 2 * images  # normalised copy
-    feats = s * n * c * (act + (4 if pruned else 0))
-    attention_stack = tokens_kept * c * (agg.mlp_ratio + 9) * act
-    entries = n_layers * tokens_kept * 2 * c * act
-    restored = n_layers * (tokens_kept + tokens_full) * 2 * c * 4 if pruned else 0
-    heads = max(_dpt_chunk_bytes(h, n, s) for h in (config.depth_head, config.point_head, None))
-    outputs = s * height * width * 4 * 6 + images
-    post = s * height * width * (3 * 8 * 2 + 4 * 12) if host else 0
-    stack = feats + attention_stack + entries
-    activations = images + max(embed, stack, feats + entries + restored + heads + outputs)
-    total = weights_bytes + int(1.2 * (activations + post)) + 256 * 1024**2
-    return MemoryEstimate(
-        weights=int(weights_bytes),
-        activations=int(activations),
-        outputs=int(outputs + post),
-        total=int(total),
-        stack=int(stack),
-    )
-
-
-def _meminfo_available() -> int | None:
-    try:
-        with open("/proc/meminfo") as handle:
-            for line in handle:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
-
-
-def available_memory(device: torch.device) -> int | None:
-    """Bytes free for new allocations on ``device``: CUDA ``mem_get_info`` plus memory cached by
-    PyTorch's allocator; CPU ``MemAvailable`` of ``/proc/meminfo``. None when unknown."""
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-        return int(free + max(cached, 0))
-    return _meminfo_available()
-
-
 def _fmt_gib(value: int) -> str:
     return f"{value / GIB:.1f} GiB"
-
-
-# --------------------------------------------------------------------------------------------
-# Reconstruction
-# --------------------------------------------------------------------------------------------
-
-
-# --------------------------------------------------------------------------------------------
-# Pipeline
-# --------------------------------------------------------------------------------------------
-
-
-def peak_rss_bytes() -> int:
-    """The process's peak resident set size so far, in bytes."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(peak if sys.platform == "darwin" else peak * 1024)
 
 
 class Pipeline:
@@ -338,51 +179,65 @@ class Pipeline:
 
     # -- memory -----------------------------------------------------------------------------------
 
-    def estimate_memory(self, frames: int, image_hw: tuple[int, int], keep: float) -> MemoryEstimate:
-        """:func:`estimate_peak_memory` for this pipeline's model, device and dtype."""
+    def estimate_memory(
+        self, frames: int, image_hw: tuple[int, int], keep: float, inputs_resident: int = 0
+    ) -> MemoryEstimate:
+        """:func:`pacegeo.memory.estimate_peak_memory` for this pipeline's model, pruner, device and
+        dtype. On the CPU the process's current resident set, less weights and the
+        ``inputs_resident`` bytes of images already loaded, is the runtime baseline."""
         weights = sum(p.numel() * p.element_size() for p in self.backbone.parameters())
+        chunks = {}
         if self.pruner is not None:
             weights += sum(p.numel() * p.element_size() for p in self.pruner.pruner_parameters())
+            chunks = {"frames_chunk": self.pruner.frames_chunk, "heads_chunk": self.pruner.heads_chunk}
+        runtime = 0
+        if self.device.type == "cpu":
+            rss = rss_bytes()
+            runtime = max(0, rss - weights - inputs_resident) if rss is not None else 0
         return estimate_peak_memory(
-            self.config, frames, image_hw, keep, self.amp_dtype, weights_bytes=weights, host=self.device.type == "cpu"
+            self.config, frames, image_hw, keep, self.amp_dtype, weights_bytes=weights,
+            device=self.device.type, runtime_bytes=runtime, **chunks,
         )
 
-    def check_memory(self, frames: int, image_hw: tuple[int, int], keep: float) -> MemoryEstimate:
+    def check_memory(
+        self, frames: int, image_hw: tuple[int, int], keep: float, inputs_resident: int = 0
+    ) -> MemoryEstimate:
         """Raise :class:`InputError` when the estimated peak will not fit in the device's free
-        memory, saying what would (a lower keep, fewer frames, or the CPU). Returns the estimate."""
-        estimate = self.estimate_memory(frames, image_hw, keep)
+        memory, saying what would (a lower keep, fewer frames, or the CPU). Returns the estimate.
+
+        What must be free: the activations (on CUDA also the images, moved there by the run);
+        weights, loaded images and the runtime are resident already."""
+        estimate = self.estimate_memory(frames, image_hw, keep, inputs_resident)
         free = available_memory(self.device)
-        if free is None or estimate.beyond_weights <= free:
+        cuda = self.device.type == "cuda"
+
+        def need(est: MemoryEstimate) -> int:
+            return est.activations + (est.inputs if cuda else 0)
+
+        if free is None or need(estimate) <= free:
             return estimate
 
         def fits(s: int, k: float) -> bool:
-            return self.estimate_memory(s, image_hw, k).beyond_weights <= free
+            return need(self.estimate_memory(s, image_hw, k, inputs_resident)) <= free
 
         options = []
         if self.pruner is not None:
-            for k in (0.7, 0.5, 0.4, 0.3, 0.2, 0.1, 0.05):
-                if k < keep and fits(frames, k):
-                    options.append(f"a lower keep ({k:g} fits)")
-                    break
-        lo, hi = 0, frames - 1
-        while lo < hi:  # largest frame count that fits
-            mid = (lo + hi + 1) // 2
-            if fits(mid, keep):
-                lo = mid
-            else:
-                hi = mid - 1
-        if lo >= 1:
-            options.append(f"fewer frames with --frames/--stride (up to {lo} fit)")
-        if self.device.type == "cuda":
-            host = _meminfo_available()
-            cpu_need = estimate_peak_memory(self.config, frames, image_hw, keep, None, host=True).total
+            lowest = min_keep(lambda k: k < keep and fits(frames, k))
+            if lowest is not None:
+                options.append(f"a lower {option('keep')} ({lowest:g} fits)")
+        most = max_frames(lambda s: fits(s, keep), 1, frames - 1) if frames > 1 else 0
+        if most >= 1:
+            options.append(f"fewer frames with {option('frames_or_stride')} (up to {most} fit)")
+        if cuda:
+            host = available_memory(torch.device("cpu"))
+            cpu_need = estimate_peak_memory(self.config, frames, image_hw, keep, None, device="cpu").activations
             if host is None or cpu_need <= host:
-                options.append("the CPU (--device cpu), slower")
+                options.append(f"the CPU ({option('device_cpu')}), slower")
         advice = "; try " + ", or ".join(options) if options else "; no smaller setting fits either"
         h, w = image_hw
         raise InputError(
             f"not enough memory: {frames} frames at {w}x{h} with keep {keep:g} need about "
-            f"{_fmt_gib(estimate.beyond_weights)} more on {self.device}, {_fmt_gib(free)} is free{advice}"
+            f"{_fmt_gib(need(estimate))} more on {self.device}, {_fmt_gib(free)} is free{advice}"
         )
 
     # -- inference --------------------------------------------------------------------------------
@@ -440,11 +295,14 @@ class Pipeline:
             prepared = self.prepare(images_or_paths_or_folder, mode, frames, stride, fps, strict, progress)
         frames_count = len(prepared)
         image_hw = prepared.image_hw
-        estimate = self.check_memory(frames_count, image_hw, keep) if check_memory else self.estimate_memory(frames_count, image_hw, keep)
+        loaded = prepared.images.numel() * prepared.images.element_size()
+        preflight = self.check_memory if check_memory else self.estimate_memory
+        estimate = preflight(frames_count, image_hw, keep, loaded)
 
         try:
             with torch.inference_mode():
                 out, seconds, stage_times, peak, peak_kind = self._forward(prepared.images, keep, seed, progress)
+                release_host_memory()  # what the forward freed, before the host post-processing allocates
                 rec = self._to_reconstruction(prepared, out, keep)
         except (torch.OutOfMemoryError, MemoryError, RuntimeError) as err:
             text = str(err)
@@ -486,7 +344,8 @@ class Pipeline:
             start = time.perf_counter()
             if self.pruner is not None:
                 self.pruner.seed = seed
-                out = self.pruner(batch, keep=keep, timings=True)
+                # On an accelerator the dense predictions leave it chunk by chunk (they go to the host anyway).
+                out = self.pruner(batch, keep=keep, timings=True, output_device="cpu" if device.type != "cpu" else None)
             else:
                 clock = StageClock(device, True)
                 out = backbone_forward_staged(self.backbone, batch, clock, self.amp_dtype)
@@ -502,6 +361,8 @@ class Pipeline:
         return out, seconds, stage_times, peak, kind
 
     def _to_reconstruction(self, prepared: PreparedInputs, out: dict, keep: float) -> Reconstruction:
+        """Numpy float32 arrays from the model outputs; the dense outputs are taken out of ``out``
+        one by one, so that an output in another dtype is freed once converted."""
         from pacegeo.geometry import pose_encoding_to_extri_intri, unproject_depth_map_to_point_map
 
         h, w = prepared.image_hw
@@ -509,16 +370,22 @@ class Pipeline:
         extrinsics, intrinsics = pose_encoding_to_extri_intri(pose, (h, w))
         extrinsics = extrinsics.float().cpu().numpy()
         intrinsics = intrinsics.float().cpu().numpy()
-        depth = out["depth"][0, ..., 0].float().cpu().numpy()
-        depth_conf = out["depth_conf"][0].float().cpu().numpy()
+        depth = out.pop("depth")[0, ..., 0].float().cpu().numpy()
+        depth_conf = out.pop("depth_conf")[0].float().cpu().numpy()
         if "world_points" in out:
-            world_points = out["world_points"][0].float().cpu().numpy()
-            world_points_conf = out["world_points_conf"][0].float().cpu().numpy()
+            world_points = out.pop("world_points")[0].float().cpu().numpy()
+            world_points_conf = out.pop("world_points_conf")[0].float().cpu().numpy()
         else:  # a backbone without a point head
             world_points = np.full(depth.shape + (3,), np.nan, np.float32)
             world_points_conf = np.zeros_like(depth_conf)
-        from_depth = unproject_depth_map_to_point_map(depth, extrinsics, intrinsics).astype(np.float32)
-        colors = (prepared.images.permute(0, 2, 3, 1).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+        # Frame chunk by frame chunk (the same numbers): the unprojection computes in float64.
+        from_depth = np.empty(depth.shape + (3,), np.float32)
+        colors = np.empty(depth.shape + (3,), np.uint8)
+        for start in range(0, len(depth), POST_CHUNK):
+            part = slice(start, start + POST_CHUNK)
+            from_depth[part] = unproject_depth_map_to_point_map(depth[part], extrinsics[part], intrinsics[part])
+            rgb = prepared.images[part].permute(0, 2, 3, 1).clamp(0, 1) * 255
+            colors[part] = rgb.round_().to(torch.uint8).numpy()
         valid = np.zeros(depth.shape, dtype=bool)
         for i, transform in enumerate(prepared.transforms):
             x0, y0, x1, y1 = transform.content_box

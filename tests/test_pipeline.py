@@ -11,7 +11,6 @@ import pytest
 import torch
 from PIL import Image
 
-from pacegeo.backbone import VGGT, tiny
 from pacegeo.errors import CheckpointError, InputError, OutputError
 from pacegeo.hub import load_backbone
 from pacegeo.io.images import load_images
@@ -19,7 +18,6 @@ from pacegeo.pipeline import (
     Pipeline,
     PreparedInputs,
     Reconstruction,
-    estimate_peak_memory,
     prepare_inputs,
     resolve_model,
     select_frames,
@@ -411,25 +409,27 @@ def test_a_failing_ply_export_leaves_no_file(rec, tmp_path, monkeypatch):
 # --------------------------------------------------------------------------------------------
 
 
-def test_memory_estimate_grows_with_frames_and_keep():
-    config = tiny()
-    base = estimate_peak_memory(config, 8, (294, 518), keep=1.0)
-    assert estimate_peak_memory(config, 16, (294, 518), keep=1.0).total > base.total
-    assert estimate_peak_memory(config, 8, (294, 518), keep=0.3).stack < base.stack
-    assert base.weights == 4 * sum(p.numel() for p in VGGT(config).parameters())
-
-
 def test_memory_preflight_says_what_fits(pipe, frames_dir, monkeypatch):
+    import re
+
     import pacegeo.pipeline as pipeline
 
     prepared = pipe.prepare(frames_dir)
-    need = pipe.estimate_memory(4, prepared.image_hw, 1.0).beyond_weights
-    one = pipe.estimate_memory(1, prepared.image_hw, 1.0).beyond_weights
+    need = pipe.estimate_memory(4, prepared.image_hw, 1.0).activations
+    one = pipe.estimate_memory(1, prepared.image_hw, 1.0).activations
     monkeypatch.setattr(pipeline, "available_memory", lambda device: (need + one) // 2)
     with pytest.raises(InputError) as err:
         pipe.reconstruct(prepared, keep=1.0)
     message = str(err.value)
-    assert "not enough memory" in message and "--frames" in message and "\n" not in message
+    assert "not enough memory" in message and "frames or stride" in message and "\n" not in message
+    assert "--frames/--stride" in err.value.cli_message()  # the command line names its flags
+    # what it suggests does fit
+    frames = int(re.search(r"up to (\d+) fit", message).group(1))
+    assert 1 <= frames < 4
+    assert len(pipe.reconstruct(pipe.prepare(frames_dir, frames=frames), keep=1.0)) == frames
+    keep = re.search(r"a lower keep \(([0-9.]+) fits\)", message)
+    if keep:
+        assert len(pipe.reconstruct(prepared, keep=float(keep.group(1)))) == 4
     monkeypatch.setattr(pipeline, "available_memory", lambda device: need + 1)
     assert len(pipe.reconstruct(prepared, keep=1.0)) == 4
     assert isinstance(prepared, PreparedInputs)

@@ -118,3 +118,27 @@ def test_float32_islands_stay_float32_inside_autocast(monkeypatch):
     assert scores.dtype == torch.float32
     assert dtypes == {"weights": torch.float32, "weights_autocast": False}
     assert out["depth"].dtype == torch.bfloat16  # the heads themselves ran in bf16
+
+
+def test_precision_report_measures_known_deviations():
+    import numpy as np
+    from pathlib import Path
+
+    from helpers import load_script
+
+    script = load_script(Path(__file__).resolve().parents[1] / "eval" / "precision.py", "pacegeo_eval")
+    rng = np.random.default_rng(0)
+    extrinsics = np.tile(np.eye(4)[:3], (3, 1, 1)).astype(np.float32)
+    extrinsics[1:, :3, 3] = rng.normal(size=(2, 3))
+    ref = {"depth": rng.uniform(1, 2, (3, 4, 5)), "points": rng.normal(size=(3, 4, 5, 3)), "extrinsics": extrinsics}
+    same = script.deviation(ref, ref)
+    assert all(abs(v) < 1e-3 for v in same.values())  # angles: acos rounding only
+    scaled = dict(ref, depth=ref["depth"] * 1.01)
+    assert script.deviation(scaled, ref)["depth_rel_median"] == pytest.approx(0.01)
+    report = {"cpu_native_bf16": True, "torch": "x", "cases": [{"case": "x", "frames": 3, "width": 5, "height": 4,
+              "bf16_vs_fp32": {"1": script.deviation(scaled, ref)}}]}
+    assert script.verdict(report) == (True, [])
+    report["cases"][0]["bf16_vs_fp32"]["1"] = script.deviation(dict(ref, depth=ref["depth"] * 1.05), ref)
+    small, problems = script.verdict(report)
+    assert not small and "depth_rel_median" in problems[0]
+    assert "on this CPU: float32" in script.markdown(report)

@@ -376,7 +376,7 @@ def test_restored_kept_positions_equal_their_aa_outputs(monkeypatch, dino_model,
     psi = model.aggregator.patch_start_idx
     calls = _capture(monkeypatch, model)
     with torch.no_grad():
-        PaceVGGT(model, mode="training-free", amp_dtype="float32", frames_chunk=2)(images, keep=0.5, merge_ratio=merge_ratio)
+        PaceVGGT(model, mode="training-free", amp_dtype="float32", heads_chunk=2)(images, keep=0.5, merge_ratio=merge_ratio)
     assert len(calls["chunks"]) == 2  # 3 frames, 2 per chunk
     pos = calls["pos"]
     index = (pos[:, :, psi:, 0] - 1) * 5 + (pos[:, :, psi:, 1] - 1)  # grid index of each slot
@@ -597,6 +597,12 @@ def test_latency_script_runs_and_writes_records(tmp_path):
         assert key in records[1], key
     assert records[1]["aa_tokens"] < records[0]["aa_tokens"] and records[1]["ideal_speedup"] > 1
     assert script.main(argv[:-2] + ["--json", str(out), "--keep", "0"]) == 2  # invalid keep: one-line error
+    # keep 1 in float32 as the reference of the speed-ups
+    assert script.main(argv + ["--dtype", "bfloat16", "--reference-dtype", "float32"]) == 0
+    records = json.loads(out.read_text())
+    for record in records:
+        assert record["dtype"] == "bfloat16" and record["reference_dtype"] == "float32"
+        assert record["speedup_vs_reference"] == pytest.approx(record["reference_median_s"] / record["median_s"])
 
 
 def test_pruner_refuses_a_backbone_it_was_not_trained_for(tmp_path):

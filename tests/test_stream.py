@@ -57,7 +57,7 @@ def _assert_same(out, ref, atol=1e-5):
 @pytest.mark.parametrize("keep,merge_ratio,ref_boost", [(0.3, 0.5, 1.0), (0.5, 0.0, 1.0), (0.3, 1.0, 2.0)])
 def test_streamed_heads_equal_dense_restoration_then_predict(monkeypatch, model, chunk, keep, merge_ratio, ref_boost):
     images = torch.rand(1, 5, 3, 56, 70, generator=torch.Generator().manual_seed(1))
-    pace = _trained_pruner(model, frames_chunk=chunk)
+    pace = _trained_pruner(model, frames_chunk=chunk, heads_chunk=chunk)
     refs = _with_dense_reference(monkeypatch)
     with torch.no_grad():
         out = pace(images, keep=keep, merge_ratio=merge_ratio, ref_boost=ref_boost)
@@ -68,8 +68,8 @@ def test_streamed_heads_equal_dense_restoration_then_predict(monkeypatch, model,
 def test_outputs_do_not_depend_on_the_chunk_size(model):
     images = torch.rand(1, 5, 3, 56, 70, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
-        one = _trained_pruner(model, frames_chunk=1)(images, keep=0.4)
-        all_frames = _trained_pruner(model, frames_chunk=5)(images, keep=0.4)
+        one = _trained_pruner(model, frames_chunk=1, heads_chunk=1)(images, keep=0.4)
+        all_frames = _trained_pruner(model, frames_chunk=5, heads_chunk=5)(images, keep=0.4)
     _assert_same(one, all_frames)
     assert one["pruning"]["kept_per_frame"] == all_frames["pruning"]["kept_per_frame"]
     assert one["pruning"]["merged"] == all_frames["pruning"]["merged"]
@@ -77,7 +77,7 @@ def test_outputs_do_not_depend_on_the_chunk_size(model):
 
 def test_restoration_never_holds_more_than_one_chunk_of_dense_entries(monkeypatch, model):
     images = torch.rand(1, 5, 3, 56, 70)
-    pace = _trained_pruner(model, frames_chunk=2)
+    pace = _trained_pruner(model, heads_chunk=2)
     frames_seen = []
     restore_layer = pace.restoration.restore_layer
 
@@ -96,7 +96,7 @@ def test_restoration_never_holds_more_than_one_chunk_of_dense_entries(monkeypatc
 
 def test_outputs_gathered_on_the_requested_device_are_the_same(model):
     images = torch.rand(1, 3, 3, 56, 70)
-    pace = _trained_pruner(model, frames_chunk=2)
+    pace = _trained_pruner(model, heads_chunk=2)
     with torch.no_grad():
         here = pace(images, keep=0.3)
         gathered = pace(images, keep=0.3, output_device="cpu")
@@ -108,7 +108,7 @@ def test_outputs_gathered_on_the_requested_device_are_the_same(model):
 
 def test_streamed_path_passes_gradients_to_the_pruner(model):
     images = torch.rand(1, 3, 3, 56, 70)
-    pace = _trained_pruner(model, frames_chunk=2)
+    pace = _trained_pruner(model, heads_chunk=2)
     pace.train()
     out = pace(images, keep=0.5, soft=True)
     (out["depth"].mean() + out["world_points"].mean() + out["pose_enc"].mean()).backward()

@@ -139,6 +139,7 @@ class Aggregator(nn.Module):
                 index = len(outputs)
                 keep = keep_layers is None or index in keep_layers
                 outputs.append(torch.cat((f_state, g_state), dim=-1) if keep else None)
+            del f_state, g_state  # release these states before the next blocks (memory only)
         return outputs
 
     # -- full forward ----------------------------------------------------------------------------

@@ -72,6 +72,7 @@ class DPTHead(nn.Module):
     def __init__(self, config: DPTHeadConfig) -> None:
         super().__init__()
         self.config = config
+        self._pos_cache: dict = {}  # positional embeddings by (shape, aspect, dtype, device, mode)
         c = config
         oc = c.out_channels
         self.norm = nn.LayerNorm(c.dim_in)
@@ -99,8 +100,17 @@ class DPTHead(nn.Module):
             )
 
     def _pos(self, x: torch.Tensor, width: int, height: int) -> torch.Tensor:
-        emb = grid_pos_embed(x.shape[-2], x.shape[-1], x.shape[1], width / height, x.dtype, x.device)
-        return x + 0.1 * emb.to(x.dtype)
+        # The scaled embedding depends only on the key: computed once (in float64, about 2 s at
+        # full resolution on one CPU core), reused by every chunk and call; the same numbers.
+        key = (tuple(x.shape[1:]), width / height, x.dtype, x.device, torch.is_inference_mode_enabled())
+        scaled = self._pos_cache.get(key)
+        if scaled is None:
+            emb = grid_pos_embed(x.shape[-2], x.shape[-1], x.shape[1], width / height, x.dtype, x.device)
+            scaled = 0.1 * emb.to(x.dtype)
+            if len(self._pos_cache) >= 8:
+                self._pos_cache.pop(next(iter(self._pos_cache)))
+            self._pos_cache[key] = scaled
+        return x + scaled
 
     def _forward_chunk(self, tokens: list[torch.Tensor], height: int, width: int) -> torch.Tensor:
         """tokens: four ``[N, h*w, 2C]`` patch-token maps -> ``[N, output_dim, H, W]`` (or features)."""

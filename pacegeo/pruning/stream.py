@@ -22,8 +22,15 @@ the two paths). The heads are the backbone's own (:meth:`~pacegeo.backbone.VGGT.
 import torch
 from torch import nn
 
+from pacegeo.system import release_host_memory
 from pacegeo.pruning.merge import TokenReduction
 from pacegeo.pruning.restore import FeatureGuidedRestoration
+
+
+#: Default frames per chunk of the streamed restoration and heads. Small: a chunk's dense entries
+#: and full-resolution head activations are the working set of this stage (VGGT-1B's DPT head costs
+#: about 226 GFLOP per frame at 518x392, so two frames still fill an accelerator).
+HEADS_CHUNK = 2
 
 
 def dense_head_layers(backbone: nn.Module) -> list[int]:
@@ -36,7 +43,8 @@ def dense_head_layers(backbone: nn.Module) -> list[int]:
 
 
 def default_chunk(backbone: nn.Module) -> int:
-    """Frames per chunk: the smallest ``frames_chunk_size`` of the DPT heads (8 if none is set)."""
+    """Frames per chunk of the embedding, scoring and selection of a pruned forward: the smallest
+    ``frames_chunk_size`` of the DPT heads (8 if none is set)."""
     sizes = [h.config.frames_chunk_size for h in (backbone.depth_head, backbone.point_head) if h is not None]
     sizes = [s for s in sizes if s]
     return min(sizes) if sizes else 8
@@ -81,7 +89,7 @@ def streamed_heads(
         reduction: the :class:`TokenReduction` behind the sequence.
         feats: ``[B, S, N, C]`` DINO patch features.
         grid_hw: patch grid ``(h, w)``; image_hw: input ``(H, W)`` pixels.
-        chunk: frames per chunk (default :func:`default_chunk`).
+        chunk: frames per chunk (default :data:`HEADS_CHUNK`).
         output_device: where the depth and point outputs are gathered (default: their device);
             ``"cpu"`` keeps only one chunk of them on an accelerator.
         clock: a :class:`pacegeo.pace.StageClock` (or None), charged ``restoration`` and ``heads``.
@@ -91,7 +99,7 @@ def streamed_heads(
     """
     psi = backbone.aggregator.patch_start_idx
     b, s = feats.shape[:2]
-    chunk = chunk or default_chunk(backbone)
+    chunk = chunk or HEADS_CHUNK
     last = len(entries) - 1
     taps = dense_head_layers(backbone)
     context_needed = restoration.camera is not None and backbone.camera_head is not None
@@ -122,6 +130,8 @@ def streamed_heads(
             del dense
             outputs.write(start, backbone.predict_dense(heads_in, image_hw, psi))
             del heads_in
+        if feats.device.type == "cpu":
+            release_host_memory()  # the chunk's freed blocks, before the next chunk allocates
         mark("heads")
 
     out: dict = {}
@@ -138,4 +148,4 @@ def streamed_heads(
     return out
 
 
-__all__ = ["default_chunk", "dense_head_layers", "streamed_heads"]
+__all__ = ["HEADS_CHUNK", "default_chunk", "dense_head_layers", "streamed_heads"]
