@@ -19,7 +19,7 @@ Models: ``vggt-1b-random`` (VGGT-1B architecture, random weights), ``tiny-random
 ``pacegeo-tiny`` architecture with random weights), or any name/path :func:`pacegeo.hub.load_backbone`
 resolves (``pacegeo-tiny``, ``vggt-1b``, a file). Pruners: ``none`` (plain backbone only),
 ``learned`` (an untrained scorer: the timing is that of the trained one), ``training-free``,
-``random``, ``grid``, or the path of a saved pruner (:func:`pacegeo.pace.save_pruner`).
+``random``, ``grid``, or the path of a saved pruner (:func:`pacegeo.pruning.checkpoint.save_pruner`).
 
 Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` over the timed runs (weights included);
 on CPU the growth of the process's resident set over the runs (peak RSS after resetting the
@@ -40,7 +40,8 @@ import torch
 
 from pacegeo.backbone import VGGT, vggt_1b
 from pacegeo.errors import CheckpointError, PacegeoError
-from pacegeo.pace import STAGES, PaceVGGT, StageClock, backbone_forward_staged, load_pruner
+from pacegeo.pace import STAGES, PaceVGGT, StageClock, backbone_forward_staged
+from pacegeo.pruning.checkpoint import load_pruner
 from pacegeo.precision import DTYPE_CHOICES, dtype_name, resolve_dtype
 from pacegeo.pruning import ScorerConfig, TokenScorer, keep_count
 from pacegeo.memory import estimate_peak_memory

@@ -34,7 +34,8 @@ import torch
 from pacegeo.errors import PacegeoError
 from pacegeo.geometry import pose_encoding_to_extri_intri
 from pacegeo.metrics import relative_pose_errors
-from pacegeo.pace import PaceVGGT, load_pruner
+from pacegeo.pace import PaceVGGT
+from pacegeo.pruning.checkpoint import load_pruner
 from pacegeo.pipeline import prepare_inputs, select_frames
 from pacegeo.precision import cpu_has_native_bf16
 

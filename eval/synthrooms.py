@@ -137,7 +137,7 @@ def build_runner(backbone, spec: str, learned_coverage: float | None = None):
     if spec == "none":
         return "none", lambda images, keep: backbone(images)
     from pacegeo.models import build_pruner
-    from pacegeo.pace import load_pruner
+    from pacegeo.pruning.checkpoint import load_pruner
 
     if "=" in spec:
         name, path = spec.split("=", 1)

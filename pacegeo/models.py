@@ -173,7 +173,8 @@ def build_pruner(
         InputError: an unknown name. CheckpointError: a missing or unreadable pruner file, or one
         trained for another backbone.
     """
-    from pacegeo.pace import MODES, PaceVGGT, load_pruner
+    from pacegeo.pace import MODES, PaceVGGT
+    from pacegeo.pruning.checkpoint import load_pruner
 
     text = None if pruner is None else str(pruner)
     if text is None or text.lower() == "none":

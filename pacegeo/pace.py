@@ -27,19 +27,15 @@ The backbone is frozen (``requires_grad`` off, always in eval mode) and never mo
 
 import contextlib
 import contextvars
-import json
 import logging
 import time
-from dataclasses import asdict, replace
-from pathlib import Path
+from dataclasses import replace
 
 import torch
 from einops import repeat
-from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 
-from pacegeo.errors import CheckpointError, InputError, is_memory_error, option
+from pacegeo.errors import InputError
 from pacegeo.precision import autocast, no_autocast, resolve_dtype
 from pacegeo.pruning.budget import (
     frame_keep_counts,
@@ -53,7 +49,7 @@ from pacegeo.pruning.budget import (
 from pacegeo.pruning.merge import TokenReduction, gather_tokens, reduce_tokens, straight_through_mask, topk_mask
 from pacegeo.pruning.restore import FeatureGuidedRestoration, RestorationConfig
 from pacegeo.pruning.stream import HEADS_CHUNK, default_chunk, streamed_heads
-from pacegeo.pruning.scorer import ScorerConfig, TokenScorer
+from pacegeo.pruning.scorer import TokenScorer
 from pacegeo.pruning.training_free import (
     distinctiveness_scores,
     grid_scores,
@@ -64,7 +60,6 @@ from pacegeo.pruning.training_free import (
 logger = logging.getLogger(__name__)
 
 MODES = ("learned", "training-free", "random", "grid")
-PRUNER_FORMAT = "pacegeo-pruner/1"
 STAGES = ("embed", "scorer", "select", "aa", "restoration", "heads")
 
 
@@ -450,8 +445,7 @@ class PaceVGGT(nn.Module):
         out["pruning"] = stats
         return out
 
-    # -- pruner weights --------------------------------------------------------------------------
-
+    
     def pruner_state_dict(self) -> dict[str, torch.Tensor]:
         """Scorer and restoration tensors (``scorer.*``, ``restoration.*``), without the backbone."""
         state = {f"restoration.{k}": v for k, v in self.restoration.state_dict().items()}
@@ -460,100 +454,9 @@ class PaceVGGT(nn.Module):
         return state
 
 
-def save_pruner(model: PaceVGGT, path: str | Path, extra: dict[str, str] | None = None) -> Path:
-    """Write the scorer and restoration of ``model`` as safetensors, configs in the metadata."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    from pacegeo.hub import backbone_fingerprint
-
-    meta = {
-        "format": PRUNER_FORMAT,
-        "mode": model.mode,
-        "backbone": getattr(model.backbone.config, "name", "unknown"),
-        "backbone_fingerprint": backbone_fingerprint(model.backbone),
-        "restoration": json.dumps(asdict(model.restoration.config)),
-        "scorer": json.dumps(asdict(model.scorer.config)) if model.scorer is not None else "",
-        "learned_coverage": str(model.learned_coverage),
-    }
-    meta.update(extra or {})
-    state = {k: v.detach().contiguous().cpu() for k, v in model.pruner_state_dict().items()}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(state, str(tmp), metadata=meta)
-    tmp.chmod(0o644)  # safetensors creates the file owner-only
-    tmp.replace(path)
-    return path
-
-
-def _config(cls, text: str, what: str, path: Path):
-    try:
-        data = json.loads(text)
-        data = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
-        return cls(**data)
-    except (ValueError, TypeError) as err:
-        raise CheckpointError(f"pruner checkpoint {path} has an unreadable {what} config: {err}") from None
-
-
-def load_pruner(path: str | Path, backbone: nn.Module, verify_backbone: bool = True, **kwargs) -> PaceVGGT:
-    """A :class:`PaceVGGT` around ``backbone`` with the scorer and restoration saved at ``path``.
-
-    The pruner records the fingerprint of the backbone it was trained for; loading it onto another
-    backbone raises :class:`CheckpointError` (``verify_backbone=False`` skips the check).
-    ``kwargs`` go to :class:`PaceVGGT` (``mode`` defaults to the saved one).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"pruner checkpoint {path} does not exist")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = dict(f.metadata() or {})
-            state = {k: f.get_tensor(k) for k in f.keys()}
-    except OSError as err:
-        raise CheckpointError(f"cannot read pruner checkpoint {path}: {err.strerror or type(err).__name__}") from None
-    except Exception as err:
-        if is_memory_error(err):
-            raise CheckpointError(f"not enough memory to read pruner checkpoint {path}") from None
-        raise CheckpointError(f"cannot read pruner checkpoint {path}: not a valid safetensors file (corrupt, truncated or another format)") from None
-    if meta.get("format") != PRUNER_FORMAT:
-        raise CheckpointError(f"{path} is not a pacegeo pruner checkpoint (format {meta.get('format')!r})")
-    scorer = None
-    if meta.get("scorer"):
-        scorer = TokenScorer(_config(ScorerConfig, meta["scorer"], "scorer", path))
-    restoration = FeatureGuidedRestoration(_config(RestorationConfig, meta["restoration"], "restoration", path))
-    try:
-        if scorer is not None:
-            scorer.load_state_dict({k[7:]: v for k, v in state.items() if k.startswith("scorer.")}, strict=True)
-        restoration.load_state_dict({k[12:]: v for k, v in state.items() if k.startswith("restoration.")}, strict=True)
-    except RuntimeError as err:
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise CheckpointError(f"pruner checkpoint {path} does not match its configs: {first}") from None
-    dim = backbone.config.aggregator.embed_dim
-    if restoration.config.feat_dim != dim or (scorer is not None and scorer.config.in_dim != dim):
-        raise CheckpointError(f"pruner checkpoint {path} was trained for width {restoration.config.feat_dim}, backbone has {dim}")
-    expected = meta.get("backbone_fingerprint")
-    if expected and verify_backbone:
-        from pacegeo.hub import backbone_fingerprint
-
-        actual = backbone_fingerprint(backbone)
-        if actual != expected:
-            raise CheckpointError(
-                f"pruner checkpoint {path} was trained for backbone {meta.get('backbone', '?')} "
-                f"(fingerprint {expected}), not for this one ({actual}); use {option('pruner_training_free')} "
-                f"or train a pruner for this backbone (train/distill.py, then train/finetune.py)"
-            )
-    kwargs.setdefault("mode", meta.get("mode", "learned") if scorer is not None else "training-free")
-    try:
-        kwargs.setdefault("learned_coverage", float(meta.get("learned_coverage", "0") or 0))
-    except ValueError:
-        raise CheckpointError(f"pruner checkpoint {path} has an unreadable learned_coverage {meta['learned_coverage']!r}") from None
-    device = next(backbone.parameters()).device
-    return PaceVGGT(backbone, scorer=scorer, restoration=restoration, **kwargs).to(device)
-
-
 __all__ = [
     "MODES",
     "PaceVGGT",
     "StageClock",
     "backbone_forward_staged",
-    "load_pruner",
-    "save_pruner",
 ]

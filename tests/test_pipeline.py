@@ -96,7 +96,8 @@ def test_auto_model_falls_back_to_bundled_tiny_with_a_notice(tmp_path, model_pat
 
 
 def test_pruner_checkpoints_load_by_path_and_automatically(tmp_path, model_path, frames_dir, monkeypatch):
-    from pacegeo.pace import PaceVGGT, save_pruner
+    from pacegeo.pace import PaceVGGT
+    from pacegeo.pruning.checkpoint import save_pruner
     from pacegeo.pruning.scorer import ScorerConfig, TokenScorer
 
     backbone = load_backbone(model_path)

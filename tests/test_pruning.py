@@ -7,7 +7,8 @@ import torch
 
 from pacegeo.backbone import VGGT, tiny, vggt_1b
 from pacegeo.errors import InputError
-from pacegeo.pace import MODES, PaceVGGT, load_pruner, save_pruner
+from pacegeo.pace import MODES, PaceVGGT
+from pacegeo.pruning.checkpoint import load_pruner, save_pruner
 from pacegeo.pruning import (
     FeatureGuidedRestoration,
     RestorationConfig,
@@ -608,7 +609,8 @@ def test_latency_script_runs_and_writes_records(tmp_path):
 def test_pruner_refuses_a_backbone_it_was_not_trained_for(tmp_path):
     from pacegeo.backbone import VGGT, tiny
     from pacegeo.errors import CheckpointError
-    from pacegeo.pace import PaceVGGT, load_pruner, save_pruner
+    from pacegeo.pace import PaceVGGT
+    from pacegeo.pruning.checkpoint import load_pruner, save_pruner
     from pacegeo.pruning import ScorerConfig, TokenScorer
 
     torch.manual_seed(0)

@@ -39,7 +39,7 @@ def backbone_file(tmp_path_factory):
 
 
 def test_distill_then_finetune_write_a_pruner_that_records_its_history(backbone_file, tmp_path):
-    from pacegeo.pace import load_pruner
+    from pacegeo.pruning.checkpoint import load_pruner
 
     common = ["--model", str(backbone_file), "--size", "42x56", "--batch", "1", "--max-steps", "2", "--minutes", "5"]
     assert _load("distill").main(common + ["--frames", "3", "--out", str(tmp_path / "d")]) == 0

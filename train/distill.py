@@ -24,7 +24,7 @@ import torch
 
 from pacegeo.errors import PacegeoError
 from pacegeo.hub import read_metadata
-from pacegeo.pace import save_pruner
+from pacegeo.pruning.checkpoint import save_pruner
 from pacegeo.pruning.distill import attention_targets, distillation_loss, topk_overlap
 from pacegeo.training import setup_training, training_batches, training_parser
 

@@ -27,7 +27,7 @@ import torch
 from pacegeo.errors import PacegeoError
 from pacegeo.hub import read_metadata
 from pacegeo.losses import relative_pose_deviation, teacher_loss, vggt_loss
-from pacegeo.pace import save_pruner
+from pacegeo.pruning.checkpoint import save_pruner
 from pacegeo.training import setup_training, training_batches, training_parser
 
 

@@ -12,7 +12,8 @@ import torch
 
 from pacegeo.errors import PacegeoError
 from pacegeo.hub import load_backbone, resolve_weights
-from pacegeo.pace import PaceVGGT, load_pruner
+from pacegeo.pace import PaceVGGT
+from pacegeo.pruning.checkpoint import load_pruner
 from pacegeo.precision import DTYPE_CHOICES, mixed_precision_name, resolve_dtype
 from pacegeo.pruning import ScorerConfig, TokenScorer
 
