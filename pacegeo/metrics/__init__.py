@@ -36,27 +36,6 @@ from pacegeo.metrics.poses import (
     trajectory_errors,
 )
 
-__all__ = [
-    "ate",
-    "are",
-    "rpe",
-    "trajectory_errors",
-    "evo_trajectory_errors",
-    "fastvggt_trajectory_errors",
-    "relative_pose_errors",
-    "rra",
-    "rta",
-    "auc",
-    "depth_metrics",
-    "nearest_neighbor_distances",
-    "subsample_points",
-    "voxel_downsample",
-    "accuracy_completeness",
-    "chamfer",
-    "fastvggt_chamfer",
-    "align_by_bounding_box",
-    "estimate_normals",
-    "normal_consistency",
-    "icp_refine",
-    "cut3r_reconstruction_metrics",
-]
+from pacegeo.metrics import depth as _depth, points as _points, poses as _poses
+
+__all__ = [*_poses.__all__, *_depth.__all__, *_points.__all__]
