@@ -1,21 +1,15 @@
 """Reliability catalogue: bad inputs, outputs that collide with inputs, failures while writing.
 
 Every case runs a command (``pacegeo reconstruct|map|localize|synth``) or a Python API call in a
-fresh work folder holding frames, a small random model and a map, and is judged on four things:
-
-* **traceback**: the run must end with exit code 0, or with one ``pacegeo: error: ...`` line and
-  exit code 2 (an uncaught exception, a traceback or an "internal error" line fails the case);
-* **destroyed**: every file that existed before the run still has its content, unless it is one of
-  the run's outputs and the run succeeded with ``--overwrite``;
-* **partial**: a failed run leaves no new file or folder at all (no output, no temporary file); a
-  successful one writes every output it names;
-* **expected**: the run fails (or succeeds) as the case says, with the expected message fragment.
+fresh work folder holding frames, a small random model and a map, and is judged by
+:func:`pacegeo.evaluation.reliability.judge`: no traceback, no destroyed file, no partial set of
+outputs, the expected outcome and message.
 
 Faults (out of memory, disk full) are injected into the exporters and the synthetic renderer.
 ``--subprocess`` runs each case in its own interpreter (a real command line, real tracebacks), and
 adds cases that only a separate process can show: writes beyond a file-size limit (``RLIMIT_FSIZE``,
-a full disk as the writer sees it) and ``kill -9`` at several moments of a run over existing outputs
-(each output must then hold its previous or its complete new content).
+a full disk as the writer sees it), address-space limits, and ``kill -9`` at several moments of a
+run over existing outputs (each output must then hold its previous or its complete new content).
 
     python eval/reliability.py --json eval/results/reliability.json --subprocess
 """
@@ -25,7 +19,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
-import hashlib
 import io
 import json
 import os
@@ -35,15 +28,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 from unittest import mock
 
 import numpy as np
 
+from pacegeo.evaluation.reliability import ERROR_PREFIX, Case, judge, snapshot, summary, to_jsonable
+
 REPO = Path(__file__).resolve().parents[1]
-ERROR_PREFIX = "pacegeo: error: "
 
 
 # --------------------------------------------------------------------------------------------
@@ -85,24 +77,6 @@ def build_base(folder: Path) -> Path:
 # --------------------------------------------------------------------------------------------
 # Cases
 # --------------------------------------------------------------------------------------------
-
-@dataclass
-class Case:
-    """One run. ``argv`` items and paths are relative to the work folder (``{w}`` expands to it)."""
-
-    name: str
-    group: str
-    argv: list[str] | None = None  # a CLI run
-    api: str | None = None  # or the name of an API scenario (API_SCENARIOS)
-    expect: str = "error"  # "error", "ok" or "any" (either, as long as it ends cleanly)
-    fragment: str = ""  # expected in the error line
-    outputs: tuple[str, ...] = ()  # what a successful run writes (all of them)
-    existing: dict[str, bytes] = field(default_factory=dict)  # files made before the run
-    fault: tuple[str, str] | None = None  # (patch target, "memory" | "disk") during the run
-    links: dict[str, str] = field(default_factory=dict)  # symlinks made before the run: name -> target
-    rlimit_fsize: int | None = None  # subprocess only: RLIMIT_FSIZE in bytes
-    rlimit_as: int | None = None  # subprocess only: RLIMIT_AS (address space) in bytes
-    kill_after: float | None = None  # subprocess only: SIGKILL after this many seconds
 
 
 M = "model.safetensors"
@@ -396,21 +370,6 @@ def _process_cases() -> list[Case]:
 # Running and judging
 # --------------------------------------------------------------------------------------------
 
-def _snapshot(folder: Path) -> dict[str, str]:
-    """Relative path -> content digest (``dir`` for folders, ``link:<target>`` for links)."""
-    state = {}
-    for root, dirs, files in os.walk(folder, followlinks=False):
-        for name in dirs + files:
-            path = Path(root) / name
-            rel = str(path.relative_to(folder))
-            if path.is_symlink():
-                state[rel] = f"link:{os.readlink(path)}"
-            elif path.is_dir():
-                state[rel] = "dir"
-            else:
-                state[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
-    return state
-
 
 def _setup(case: Case, base: Path, work: Path) -> None:
     shutil.copytree(base, work, symlinks=True)
@@ -473,7 +432,7 @@ def run_in_process(case: Case, work: Path) -> tuple[int | None, str, str]:
 
 def run_subprocess(case: Case, work: Path, timeout: float = 300) -> tuple[int | None, str, str]:
     """Run ``case`` in a new interpreter (cwd = ``work``), with its resource limit or kill."""
-    command = [sys.executable, str(Path(__file__).resolve()), "--run-one", json.dumps(case.__dict__, default=_jsonable)]
+    command = [sys.executable, str(Path(__file__).resolve()), "--run-one", json.dumps(case.__dict__, default=to_jsonable)]
 
     def limits() -> None:
         import resource
@@ -495,126 +454,22 @@ def run_subprocess(case: Case, work: Path, timeout: float = 300) -> tuple[int | 
     return (None if code == -signal.SIGKILL else code), err, ""
 
 
-def _jsonable(value):
-    if isinstance(value, bytes):
-        return value.decode("latin-1")
-    if isinstance(value, tuple):
-        return list(value)
-    raise TypeError(type(value))
-
-
-def judge(case: Case, work: Path, before: dict[str, str], after: dict[str, str], code, err: str, uncaught: str) -> dict:
-    """The case's verdict (see the module docstring)."""
-    lines = [line for line in err.strip().splitlines() if line and not line.startswith("pacegeo: warning:")
-             and not line.startswith("pacegeo: note:")]
-    killed = case.kill_after is not None and code is None
-    traceback = bool(uncaught) or "Traceback" in err or "internal error" in err
-    if not killed and not traceback:
-        if code == 2:
-            traceback = len(lines) != 1 or not lines[0].startswith(ERROR_PREFIX)
-        elif code != 0:
-            traceback = True
-    outputs = set(case.outputs)
-
-    def is_output(rel: str) -> bool:
-        return any(rel == o or rel.startswith(o + "/") for o in outputs)
-
-    succeeded = code == 0
-    overwrite = case.argv is not None and "--overwrite" in case.argv
-    destroyed = []
-    for rel, digest in before.items():
-        if after.get(rel) == digest:
-            continue
-        replaced_by_run = succeeded and overwrite and is_output(rel)
-        if killed:  # a killed run: an output holds its previous or its complete new content
-            replaced_by_run = rel in after and _complete(work / rel)
-        if not replaced_by_run:
-            destroyed.append(rel)
-    new = sorted(set(after) - set(before))
-    if succeeded:
-        partial = [o for o in outputs if o not in after] + [p for p in new if not is_output(p)]
-    elif killed:
-        # hidden temporaries (".<name>.<random>.tmp", and what is inside them) may stay after kill -9;
-        # an output that appeared must be complete
-        partial = [p for p in new if not any(part.startswith(".") for part in Path(p).parts)
-                   and not (is_output(p) and ((work / p).is_dir() or _complete(work / p)))]
-    else:
-        partial = new
-    kill_state = ""
-    if killed:  # which outputs hold their previous and which their new content
-        states = set()
-        for out in outputs:
-            if out in before and before[out] != "dir":
-                states.add("previous" if after.get(out) == before[out] else "new")
-            else:
-                states.add("new" if out in after else "previous")
-        kill_state = states.pop() if len(states) == 1 else "mixed"
-    expected = True if killed or case.expect == "any" else (case.expect == "ok") == succeeded
-    if not succeeded and not killed and case.fragment and not (lines and case.fragment in lines[0]):
-        expected = False
-    return {
-        "name": case.name, "group": case.group, "code": code, "message": lines[0] if lines else "", "uncaught": uncaught,
-        "traceback": traceback, "destroyed": destroyed, "partial": partial, "expected": expected, "killed": killed,
-        "kill_state": kill_state,
-        "ok": not traceback and not destroyed and not partial and expected,
-    }
-
-
-def _complete(path: Path) -> bool:
-    """Whether a file a killed run changed is complete (readable as its format)."""
-    try:
-        if path.suffix == ".ply":
-            import trimesh
-
-            return len(trimesh.load(path).vertices) > 0
-        if path.suffix == ".npz":
-            with np.load(path) as data:
-                return "depth" in data.files
-        if path.suffix == ".json":
-            return isinstance(json.loads(path.read_text()), dict)
-        if path.suffix == ".png":
-            from PIL import Image
-
-            with Image.open(path) as image:
-                image.load()
-            return True
-        if path.suffix == ".glb":
-            import trimesh
-
-            return len(trimesh.load(path).geometry) > 0
-        return path.parent.name.endswith("_colmap") and path.stat().st_size > 0
-    except Exception:  # noqa: BLE001 - unreadable means incomplete
-        return False
-
-
 def run_catalogue(cases: list[Case], base: Path, scratch: Path, in_process: bool = True, progress: bool = False) -> list[dict]:
     results = []
     for i, case in enumerate(cases):
         work = scratch / f"case_{i:03d}"
         _setup(case, base, work)
-        before = _snapshot(work)
+        before = snapshot(work)
         if in_process and case.rlimit_fsize is None and case.rlimit_as is None and case.kill_after is None:
             code, err, uncaught = run_in_process(case, work)
         else:
             code, err, uncaught = run_subprocess(case, work)
-        results.append(judge(case, work, before, _snapshot(work), code, err, uncaught))
+        results.append(judge(case, work, before, snapshot(work), code, err, uncaught))
         shutil.rmtree(work, ignore_errors=True)
         if progress:
             mark = "ok" if results[-1]["ok"] else "FAIL"
             print(f"[{i + 1}/{len(cases)}] {mark:4s} {case.group:10s} {case.name}: {results[-1]['message'][:110]}", file=sys.stderr)
     return results
-
-
-def summary(results: list[dict]) -> dict:
-    return {
-        "cases": len(results),
-        "tracebacks": sum(r["traceback"] for r in results),
-        "files_destroyed": sum(len(r["destroyed"]) for r in results),
-        "partial_output_sets": sum(bool(r["partial"]) for r in results),
-        "unexpected_outcomes": sum(not r["expected"] for r in results),
-        "failed_cases": [r["name"] for r in results if not r["ok"]],
-        "by_group": dict(Counter(r["group"] for r in results)),
-    }
 
 
 def _run_one(payload: str) -> int:

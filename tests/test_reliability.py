@@ -1,5 +1,6 @@
-"""The reliability catalogue (eval/reliability.py): no traceback, no destroyed file, no partial
-output set, for every case; and the judge itself catches what it is meant to."""
+"""The reliability catalogue (eval/reliability.py), judged by pacegeo.evaluation.reliability: no
+traceback, no destroyed file, no partial output set, for every case; and the judge itself catches
+what it is meant to."""
 
 import os
 from pathlib import Path
@@ -7,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from helpers import load_script
+from pacegeo.evaluation.reliability import judge, snapshot
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 reliability = load_script(REPO_ROOT / "eval" / "reliability.py", "eval")
@@ -23,10 +25,10 @@ def base(tmp_path_factory) -> Path:
 def run_case(case, base: Path, tmp_path: Path, subprocess: bool = False) -> dict:
     work = tmp_path / "work"
     reliability._setup(case, base, work)
-    before = reliability._snapshot(work)
+    before = snapshot(work)
     run = reliability.run_subprocess if subprocess else reliability.run_in_process
     code, err, uncaught = run(case, work)
-    return reliability.judge(case, work, before, reliability._snapshot(work), code, err, uncaught)
+    return judge(case, work, before, snapshot(work), code, err, uncaught)
 
 
 def test_the_catalogue_covers_every_class():
