@@ -39,7 +39,8 @@ _NAMES = {
 }
 
 
-def _cpuinfo_flags() -> set[str]:
+def cpu_flags() -> set[str]:
+    """The CPU feature flags of /proc/cpuinfo (empty where it cannot be read)."""
     try:
         with open("/proc/cpuinfo") as handle:
             for line in handle:
@@ -65,7 +66,7 @@ def cpu_has_native_bf16() -> bool:
                     return True
             except RuntimeError:
                 pass
-    return bool(_cpuinfo_flags() & {"amx_bf16", "avx512_bf16"})
+    return bool(cpu_flags() & {"amx_bf16", "avx512_bf16"})
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device | str) -> torch.dtype | None:

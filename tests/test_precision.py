@@ -46,14 +46,14 @@ def test_bad_or_unsupported_dtypes_are_input_errors(name):
     assert "\n" not in str(err.value)
 
 
-def test_cpu_detection_reads_cpuinfo_flags(monkeypatch):
+def test_cpu_detection_readscpu_flags(monkeypatch):
     precision.cpu_has_native_bf16.cache_clear()
     for probe in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
         monkeypatch.setattr(torch.cpu, probe, lambda: False, raising=False)
-    monkeypatch.setattr(precision, "_cpuinfo_flags", lambda: {"avx2", "amx_bf16"})
+    monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx2", "amx_bf16"})
     assert precision.cpu_has_native_bf16()
     precision.cpu_has_native_bf16.cache_clear()
-    monkeypatch.setattr(precision, "_cpuinfo_flags", lambda: {"avx2", "avx512f"})
+    monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx2", "avx512f"})
     assert not precision.cpu_has_native_bf16()
     precision.cpu_has_native_bf16.cache_clear()
 
