@@ -25,6 +25,7 @@ OPTIONS: dict[str, tuple[str, str]] = {
     "model": ("model", "--model"),
     "pruner": ("pruner", "--pruner"),
     "pruner_training_free": ("pruner='training-free'", "--pruner training-free"),
+    "vpr_gem": ("vpr='gem'", "--vpr gem"),
     "device": ("device", "--device"),
     "device_cpu": ("device='cpu'", "--device cpu"),
     "dtype": ("dtype", "--dtype"),

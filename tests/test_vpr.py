@@ -178,19 +178,61 @@ def test_distillation_target_is_distribution(vit_backbone):
     assert distillation_loss(torch.log(target), target).item() == pytest.approx(0.0, abs=1e-6)
 
 
-def test_vpr_checkpoint_round_trip(vit_backbone, tmp_path):
-    from pacegeo.hub import save_backbone
+def _saved_head(backbone, tmp_path, fingerprint=None):
+    from pacegeo.hub import backbone_fingerprint, save_backbone
 
-    backbone_path = save_backbone(vit_backbone, tmp_path / "bb.safetensors")
+    backbone_path = save_backbone(backbone, tmp_path / "bb.safetensors")
     torch.manual_seed(3)
     scorer = TokenScorer(ScorerConfig(in_dim=DIM, hidden=8))
-    ex = DescriptorExtractor.from_backbone(vit_backbone, _head(), scorer=scorer, prune_after=2).eval()
-    path = save_vpr(ex, tmp_path / "vpr.safetensors", backbone=str(backbone_path))
-    loaded = load_vpr(path)
-    images = _images(2)
-    assert loaded.prune_after == 2 and loaded.scoring == "learned"
+    ex = DescriptorExtractor.from_backbone(backbone, _head(), scorer=scorer, prune_after=2).eval()
+    path = save_vpr(ex, tmp_path / "vpr.safetensors", backbone=str(backbone_path),
+                    backbone_fingerprint=fingerprint or backbone_fingerprint(backbone))
+    return ex, path
+
+
+def test_vpr_checkpoint_round_trip(vit_backbone, tmp_path):
+    ex, path = _saved_head(vit_backbone, tmp_path)
+    for loaded in (load_vpr(path), load_vpr(path, backbone=vit_backbone)):
+        images = _images(2)
+        assert loaded.prune_after == 2 and loaded.scoring == "learned"
+        with torch.no_grad():
+            assert torch.allclose(loaded(images, 0.5), ex(images, 0.5), atol=1e-6)
+
+
+def test_vpr_head_refuses_another_backbone(vit_backbone, tmp_path):
+    from pacegeo.errors import CheckpointError
+    from pacegeo.hub import backbone_fingerprint
+
+    ex, path = _saved_head(vit_backbone, tmp_path)
+    torch.manual_seed(1)
+    other = VGGT(tiny(embed_dim=DIM, depth=1, num_heads=2, dino_depth=3, with_point_head=False)).eval()
+    assert backbone_fingerprint(other) != backbone_fingerprint(vit_backbone)
+    with pytest.raises(CheckpointError, match=f"fingerprint {backbone_fingerprint(vit_backbone)}.*retrain"):
+        load_vpr(path, backbone=other)
+    loaded = load_vpr(path, backbone=other, verify_backbone=False)  # the expert's override
+    expected = DescriptorExtractor.from_backbone(other, ex.head, scorer=ex.scorer, prune_after=2).eval()
     with torch.no_grad():
-        assert torch.allclose(loaded(images, 0.5), ex(images, 0.5), atol=1e-6)
+        assert torch.allclose(loaded(_images(2), 0.5), expected(_images(2), 0.5), atol=1e-6)
+
+
+def test_vpr_head_without_a_fingerprint_is_refused(vit_backbone, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from pacegeo.errors import CheckpointError
+    from pacegeo.vpr.extract import read_vpr_metadata
+
+    _, path = _saved_head(vit_backbone, tmp_path)
+    meta = read_vpr_metadata(path)
+    del meta["backbone_fingerprint"]
+    save_file(load_file(str(path)), str(path), metadata=meta)
+    with pytest.raises(CheckpointError, match="records no backbone fingerprint"):
+        load_vpr(path, backbone=vit_backbone)
+
+
+def test_save_vpr_needs_the_backbone_fingerprint(vit_backbone, tmp_path):
+    ex = DescriptorExtractor.from_backbone(vit_backbone, _head()).eval()
+    with pytest.raises(ValueError, match="fingerprint"):
+        save_vpr(ex, tmp_path / "vpr.safetensors", backbone="x", backbone_fingerprint="")
 
 
 # -- index --------------------------------------------------------------------------------------

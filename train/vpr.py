@@ -10,16 +10,22 @@ Because the backbone is frozen, its encoder features are computed once for every
 (at the pruning point and at the output) and training runs on these caches:
 
 1. the head (:class:`pacegeo.vpr.head.WeightedOTHead`) with the MS loss; with probability
-   ``--token-drop`` a batch keeps only a random ``[0.3, 1]`` fraction of each image's tokens,
-   so the head gets used to pruned inputs; the head with the best recall@1 on held-out
-   validation rooms (checked every 100 steps) is kept;
+   ``--token-drop`` a batch keeps only a random ``[0.3, 1]`` fraction of each image's tokens, so
+   the head gets used to pruned inputs; the head with the best recall@1 on held-out validation
+   rooms (checked every 100 steps) is kept;
 2. the token scorer (:class:`pacegeo.pruning.TokenScorer`) by self-distillation: it learns to
-   predict, from the early features, the head's own token importance (KL between the per-image
+   predict, from the early features, the kept head's token importance (KL between the per-image
    distributions).
+
+``--joint`` trains the two together instead: every head step is also a scorer step on the head's
+current importance, and after a short warm-up the head's pruned batches keep the tokens the scorer
+ranks highest (stage 2 then continues the scorer). On the validation rooms it did not beat the
+two-stage recipe (see the VPR model card), which stays the default.
 
 At the end the whole extractor (with real pruning) is evaluated on held-out rooms at
 keep 1.0 / 0.5 / 0.3 and written as a VPR checkpoint (head + scorer; the backbone is referenced by
-name and SHA-256). The bundled head is made with:
+name and fingerprint, and :func:`pacegeo.vpr.load_vpr` refuses any other backbone). The bundled
+head is made with:
 
     python train/vpr.py --backbone pacegeo-tiny --random-backbone-if-missing --out checkpoints/pacegeo-tiny-vpr.safetensors
 
@@ -40,10 +46,10 @@ from accelerate.utils import set_seed
 
 from pacegeo.backbone import VGGT, pacegeo_tiny
 from pacegeo.errors import CheckpointError
-from pacegeo.hub import load_backbone, resolve_weights, save_backbone
+from pacegeo.hub import backbone_fingerprint, load_backbone, resolve_weights, save_backbone
 from pacegeo.pruning.budget import keep_count
 from pacegeo.pruning.scorer import ScorerConfig, TokenScorer
-from pacegeo.vpr.extract import DescriptorExtractor, distillation_loss, distillation_target, file_sha256, save_vpr
+from pacegeo.vpr.extract import DescriptorExtractor, distillation_loss, distillation_target, save_vpr
 from pacegeo.vpr.head import GeMConfig, GeMHead, WeightedOTConfig, WeightedOTHead
 from pacegeo.vpr.index import DescriptorIndex
 from pacegeo.vpr.places import PlaceConfig, make_place_set, render_places
@@ -84,12 +90,15 @@ def parse_args(argv=None):
     p.add_argument("--prune-after", type=int, default=None, help="encoder blocks before pruning")
     p.add_argument("--token-drop", type=float, default=0.5, help="probability that a batch uses random token subsets")
     p.add_argument("--scorer-hidden", type=int, default=64)
+    p.add_argument("--joint", action="store_true",
+                   help="train the scorer jointly with the head, which then learns on the tokens the scorer keeps "
+                        "(default: head on random token subsets, then the scorer)")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
 
 def load_frozen_backbone(name: str, allow_random: bool, seed: int) -> tuple[VGGT, str, str]:
-    """The backbone, the file it came from and that file's SHA-256."""
+    """The frozen backbone, its fingerprint (:func:`pacegeo.hub.backbone_fingerprint`) and a note."""
     try:
         path = resolve_weights(name)
         note = ""
@@ -105,7 +114,7 @@ def load_frozen_backbone(name: str, allow_random: bool, seed: int) -> tuple[VGGT
     model = load_backbone(path)
     for param in model.parameters():
         param.requires_grad_(False)
-    return model, file_sha256(path), note
+    return model, backbone_fingerprint(model), note
 
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:
@@ -133,6 +142,29 @@ def random_subset(tokens: torch.Tensor, keep: float, generator: torch.Generator)
     k = keep_count(keep, n)
     idx = torch.rand(b, n, generator=generator).argsort(dim=-1)[:, :k].sort(dim=-1).values
     return torch.gather(tokens, 1, idx[..., None].expand(b, k, c))
+
+
+JOINT_WARMUP = 100  # head steps on random subsets before the scorer picks them
+
+
+def scorer_subset(tokens: torch.Tensor, logits: torch.Tensor, keep: float) -> torch.Tensor:
+    """The ``keep`` fraction of every image's tokens that ``logits`` rank highest (grid order kept)."""
+    b, n, c = tokens.shape
+    idx = logits.topk(keep_count(keep, n), dim=-1).indices.sort(dim=-1).values
+    return torch.gather(tokens, 1, idx[..., None].expand(b, idx.shape[1], c))
+
+
+def scorer_step(scorer, optimizer, accelerator, early, head, final, cls, grid_hw) -> float:
+    """One self-distillation step of the scorer: early features -> the head's token importance."""
+    with torch.no_grad():
+        head.eval()
+        target = distillation_target(head.token_importance(final, cls))
+        head.train()
+    loss = distillation_loss(scorer(early[:, None], grid_hw)[:, 0], target)
+    optimizer.zero_grad(set_to_none=True)
+    accelerator.backward(loss)
+    optimizer.step()
+    return loss.item()
 
 
 def evaluate(extractor: DescriptorExtractor, place_set, keeps, scorings) -> list[dict]:
@@ -185,7 +217,7 @@ def main(argv=None) -> int:
     set_seed(args.seed)
     device = accelerator.device
     t0 = time.perf_counter()
-    backbone, backbone_sha, backbone_note = load_frozen_backbone(args.backbone, args.random_backbone_if_missing, args.seed)
+    backbone, fingerprint, backbone_note = load_frozen_backbone(args.backbone, args.random_backbone_if_missing, args.seed)
     backbone = backbone.to(device)
     encoder = backbone.aggregator.patch_embed
     has_cls = hasattr(encoder, "prepare_tokens")
@@ -236,7 +268,11 @@ def main(argv=None) -> int:
         index.add(db)
         return recall_at_n(index.search(qs, 1)[1], val_set.positives, (1,))[1]
 
-    # -- 1. head ----------------------------------------------------------------------------------
+    scorer = TokenScorer(ScorerConfig(in_dim=embed_dim, hidden=args.scorer_hidden)).to(device)
+    s_opt = torch.optim.AdamW(scorer.parameters(), lr=2e-3, weight_decay=1e-4)
+    scorer, s_opt = accelerator.prepare(scorer, s_opt)
+
+    # -- 1. head (and, jointly, the scorer) ------------------------------------------------------
     loss_fn = losses.MultiSimilarityLoss(alpha=1.0, beta=50.0, base=0.0, distance=distances.DotProductSimilarity())
     miner = miners.MultiSimilarityMiner(epsilon=0.1, distance=distances.CosineSimilarity())
     optimizer = torch.optim.AdamW(head.parameters(), lr=args.lr, weight_decay=args.weight_decay)
@@ -257,10 +293,17 @@ def main(argv=None) -> int:
     for step in range(1, args.head_steps + 1):
         places = rng.choice(num_places, p_batch, replace=False)
         picks = np.stack([rng.choice(views, 4, replace=False) for _ in places])
-        tok = final[places[:, None], picks].reshape(-1, n_tok, c)
+        full = final[places[:, None], picks].reshape(-1, n_tok, c)
         cl = cls[places[:, None], picks].reshape(-1, c) if has_cls else None
+        tok = full
         if rng.uniform() < args.token_drop:
-            tok = random_subset(tok, float(rng.uniform(0.3, 1.0)), gen)
+            keep = float(rng.uniform(0.3, 1.0))
+            if not args.joint or step <= JOINT_WARMUP:
+                tok = random_subset(full, keep, gen)
+            else:  # the tokens the scorer would keep: the head learns on what pruning will give it
+                with torch.no_grad():
+                    logits = scorer(early[places[:, None], picks].reshape(-1, n_tok, c)[:, None], grid_hw)[:, 0]
+                tok = scorer_subset(full, logits, keep)
         labels = torch.as_tensor(places, device=device).repeat_interleave(4)
         desc = head(tok, cl)
         loss = loss_fn(desc, labels, miner(desc, labels))
@@ -268,6 +311,9 @@ def main(argv=None) -> int:
         accelerator.backward(loss)
         optimizer.step()
         sched.step()
+        if args.joint:  # the scorer follows the head's current token importance
+            scorer_step(scorer, s_opt, accelerator, early[places[:, None], picks].reshape(-1, n_tok, c),
+                        raw_head, full, cl, grid_hw)
         if step % 100 == 0 or step == args.head_steps:
             r1 = val_recall()
             if r1 > best_r1:
@@ -290,9 +336,6 @@ def main(argv=None) -> int:
             distillation_target(raw_head.token_importance(flat_final[s : s + 256], None if flat_cls is None else flat_cls[s : s + 256]))
             for s in range(0, flat_final.shape[0], 256)
         ])
-    scorer = TokenScorer(ScorerConfig(in_dim=embed_dim, hidden=args.scorer_hidden)).to(device)
-    s_opt = torch.optim.AdamW(scorer.parameters(), lr=2e-3, weight_decay=1e-4)
-    scorer, s_opt = accelerator.prepare(scorer, s_opt)
     k_half = keep_count(0.5, n_tok)
     for s_step in range(1, args.scorer_steps + 1):
         idx = torch.as_tensor(rng.choice(flat_early.shape[0], 128, replace=False))
@@ -328,7 +371,7 @@ def main(argv=None) -> int:
     }
     if accelerator.is_main_process:
         save_vpr(extractor, args.out, backbone=args.record_backbone or args.backbone,
-                 backbone_sha256=backbone_sha, extra=extra)
+                 backbone_fingerprint=fingerprint, extra=extra)
         log_path = args.log or Path("runs/vpr") / (args.out.stem + ".log.json")
         log_path.parent.mkdir(parents=True, exist_ok=True)
         log_path.write_text(json.dumps(log, indent=1))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import weakref
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pacegeo.errors import CheckpointError, InputError
@@ -46,10 +45,6 @@ def _checkpoint_extractor(pipeline: "Pipeline", name: str) -> tuple["DescriptorE
         raise CheckpointError(
             f"VPR head {path.name} expects {in_dim}-d features, the backbone {pipeline.config.name} gives {extractor.embed_dim}"
         )
-    recorded = meta.get("backbone_sha256", "")
-    model_path = getattr(pipeline.model, "path", None)
-    if recorded and model_path is not None and Path(model_path).is_file() and file_sha256(model_path) != recorded:
-        logger.info("VPR head %s was trained on another snapshot of the backbone than %s", path.name, model_path)
     bundled = path.parent.resolve() == checkpoints_dir().resolve() and path.name == f"{path.stem}.safetensors"
     source = path.stem if bundled else str(path.resolve())
     return extractor.eval(), source, f"{meta['head']}:{path.name}:{file_sha256(path)[:12]}"

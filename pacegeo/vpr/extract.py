@@ -41,7 +41,7 @@ from torch import nn
 
 from pacegeo.backbone import VGGT, DinoViT, PatchEmbed
 from pacegeo.backbone.aggregator import IMAGENET_MEAN, IMAGENET_STD
-from pacegeo.errors import CheckpointError, InputError
+from pacegeo.errors import CheckpointError, InputError, option
 from pacegeo.io.outputs import atomic_path
 from pacegeo.pruning.budget import keep_count, validate_keep
 from pacegeo.pruning.merge import gather_tokens, kept_indices, topk_mask
@@ -68,6 +68,7 @@ __all__ = [
     "build_head",
     "distillation_loss",
     "distillation_target",
+    "check_vpr_backbone",
     "file_sha256",
     "head_kind",
     "load_vpr",
@@ -352,16 +353,19 @@ def save_vpr(
     extractor: DescriptorExtractor,
     path: str | Path,
     backbone: str,
-    backbone_sha256: str = "",
+    backbone_fingerprint: str,
     extra: dict[str, str] | None = None,
 ) -> Path:
     """Write the head and scorer of ``extractor`` (not the backbone) as safetensors, atomically.
 
     Args:
         backbone: name or path the backbone is loaded from (``load_backbone`` argument).
-        backbone_sha256: hash of the backbone weight file, checked (warning) on load.
+        backbone_fingerprint: :func:`pacegeo.hub.backbone_fingerprint` of the backbone the head was
+            trained on; :func:`load_vpr` refuses any other backbone.
         extra: further metadata strings (training settings, ...).
     """
+    if not backbone_fingerprint:
+        raise ValueError("save_vpr needs the fingerprint of the backbone the head was trained on")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {f"head.{k}": v for k, v in extractor.head.state_dict().items()}
@@ -375,7 +379,7 @@ def save_vpr(
         "scorer_config": json.dumps(asdict(extractor.scorer.config)) if extractor.scorer is not None else "",
         "prune_after": str(extractor.prune_after),
         "backbone": str(backbone),
-        "backbone_sha256": backbone_sha256,
+        "backbone_fingerprint": backbone_fingerprint,
     }
     meta.update(extra or {})
     with atomic_path(path) as tmp:
@@ -383,29 +387,52 @@ def save_vpr(
     return path
 
 
+def check_vpr_backbone(meta: dict[str, str], path: str | Path, backbone: nn.Module) -> None:
+    """Raise :class:`CheckpointError` unless ``backbone`` is the one the VPR head at ``path`` was
+    trained on (same :func:`pacegeo.hub.backbone_fingerprint`). A head on another backbone's
+    features returns descriptors that look valid and retrieve poorly, so a mismatch is an error."""
+    from pacegeo.hub import backbone_fingerprint
+
+    expected = meta.get("backbone_fingerprint", "")
+    name = Path(path).name
+    if not expected:
+        raise CheckpointError(
+            f"VPR head {name} records no backbone fingerprint, so it cannot be matched to a backbone; "
+            f"retrain it (train/vpr.py) or use the training-free head ({option('vpr_gem')})"
+        )
+    actual = backbone_fingerprint(backbone)
+    if actual != expected:
+        raise CheckpointError(
+            f"VPR head {name} was trained on backbone {meta.get('backbone', '?')} (fingerprint {expected}), "
+            f"not on this one ({actual}); retrain it on this backbone (train/vpr.py) or use the training-free head "
+            f"({option('vpr_gem')})"
+        )
+
+
 def load_vpr(
     name_or_path: str | Path,
     backbone: VGGT | str | Path | None = None,
     device: str | torch.device = "cpu",
     scoring: Scoring | None = None,
+    verify_backbone: bool = True,
 ) -> DescriptorExtractor:
     """Build a :class:`DescriptorExtractor` from a VPR checkpoint.
 
     Args:
         backbone: a loaded model, a name/path for :func:`pacegeo.hub.load_backbone`, or None for
-            the backbone recorded in the checkpoint. A backbone whose weight file differs from the
-            recorded hash loads with a warning (the head was trained on other features).
+            the backbone recorded in the checkpoint.
+        verify_backbone: refuse (:class:`CheckpointError`) a backbone other than the one the head
+            was trained on, by fingerprint (:func:`check_vpr_backbone`). ``False`` is for experts
+            who know the features match.
     """
-    from pacegeo.hub import load_backbone, resolve_weights
+    from pacegeo.hub import load_backbone
 
     path = resolve_vpr(name_or_path)
     meta = read_vpr_metadata(path)
     if not isinstance(backbone, nn.Module):
-        source = backbone if backbone is not None else meta["backbone"]
-        weights = resolve_weights(source)
-        if meta.get("backbone_sha256") and file_sha256(weights) != meta["backbone_sha256"]:
-            logger.warning("backbone %s differs from the one the VPR head %s was trained on; retrain the head", weights, path)
-        backbone = load_backbone(weights)
+        backbone = load_backbone(backbone if backbone is not None else meta["backbone"])
+    if verify_backbone:
+        check_vpr_backbone(meta, path, backbone)
     state = load_file(str(path))
     head = build_head(meta["head"], json.loads(meta["head_config"]))
     head_state = {k[len("head."):]: v for k, v in state.items() if k.startswith("head.")}

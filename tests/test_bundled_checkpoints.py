@@ -1,0 +1,39 @@
+"""Every checkpoint shipped in checkpoints/ loads through the public API onto the bundled backbone,
+with the backbone identity checks on: a bundled head or pruner trained on another backbone
+snapshot fails here."""
+
+import pytest
+
+from pacegeo.hub import CHECKPOINT_FORMAT, backbone_fingerprint, checkpoints_dir, load_backbone, read_metadata
+from pacegeo.pruning.checkpoint import PRUNER_FORMAT, load_pruner
+from pacegeo.vpr import load_vpr
+from pacegeo.vpr.extract import VPR_FORMAT
+
+BUNDLED = sorted(checkpoints_dir().glob("*.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    return load_backbone("pacegeo-tiny")
+
+
+def test_the_bundle_holds_a_backbone_a_pruner_and_a_vpr_head():
+    formats = sorted(read_metadata(path).get("format", "") for path in BUNDLED)
+    assert formats == sorted([CHECKPOINT_FORMAT, PRUNER_FORMAT, VPR_FORMAT])
+
+
+@pytest.mark.parametrize("path", BUNDLED, ids=lambda p: p.name)
+def test_bundled_checkpoint_loads_on_the_bundled_backbone(path, backbone):
+    meta = read_metadata(path)
+    kind = meta.get("format")
+    if kind == CHECKPOINT_FORMAT:
+        assert backbone_fingerprint(load_backbone(path)) == backbone_fingerprint(backbone)
+    elif kind == PRUNER_FORMAT:
+        assert meta["backbone_fingerprint"] == backbone_fingerprint(backbone)
+        assert load_pruner(path, backbone).scorer is not None
+    elif kind == VPR_FORMAT:
+        assert meta["backbone_fingerprint"] == backbone_fingerprint(backbone)
+        extractor = load_vpr(path, backbone=backbone)
+        assert extractor.scorer is not None and extractor.encoder is backbone.aggregator.patch_embed
+    else:
+        pytest.fail(f"{path.name} has an unknown format {kind!r}")
