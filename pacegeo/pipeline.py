@@ -33,6 +33,7 @@ from pacegeo.memory import MemoryEstimate, estimate_peak_memory, max_frames, min
 from pacegeo.system import available_memory, release_host_memory
 from pacegeo.models import TINY_NOTICE, ModelChoice, build_pruner, resolve_device, resolve_model
 from pacegeo.options import check_keep, check_seed
+from pacegeo.sequence.spans import check_chunking
 from pacegeo.precision import dtype_name, resolve_dtype
 from pacegeo.progress import progress_bar, progress_enabled
 from pacegeo.system import peak_rss_bytes, rss_bytes
@@ -228,6 +229,8 @@ class Pipeline:
         most = max_frames(lambda s: fits(s, keep), 1, frames - 1) if frames > 1 else 0
         if most >= 1:
             options.append(f"fewer frames with {option('frames_or_stride')} (up to {most} fit)")
+        if most >= 4:
+            options.append(f"chunks of at most {most} frames ({option('chunk')}={most})")
         if cuda:
             host = available_memory(torch.device("cpu"))
             cpu_need = estimate_peak_memory(self.config, frames, image_hw, keep, None, device="cpu").activations
@@ -267,6 +270,8 @@ class Pipeline:
         progress: bool | None = None,
         fps: float | None = None,
         check_memory: bool = True,
+        chunk: int | None = None,
+        overlap: int | None = None,
     ) -> Reconstruction:
         """Reconstruct cameras, depth and points from images or a video.
 
@@ -281,18 +286,27 @@ class Pipeline:
             progress: progress bars on stderr (None: when stderr is a terminal).
             fps: video sampling rate (frames per second of video; default 2).
             check_memory: run the memory preflight.
+            chunk, overlap: reconstruct at most ``chunk`` frames per forward pass, consecutive
+                chunks sharing ``overlap`` frames (default ``max(3, chunk // 4)``), and stitch the
+                chunks into one reconstruction (:func:`pacegeo.sequence.reconstruct_in_chunks`).
+                None: one pass over all frames.
 
         Raises:
             InputError: bad inputs or options, or not enough memory (the message says what fits).
         """
         keep = check_keep(keep)
         seed = check_seed(seed)
+        chunk, overlap = check_chunking(chunk, overlap)
         if self.pruner is None and keep < 1.0:
             raise InputError(f"keep {keep:g} needs a pruner, but this pipeline was loaded with pruner='none'; use keep=1")
         if isinstance(images_or_paths_or_folder, PreparedInputs):
             prepared = images_or_paths_or_folder
         else:
             prepared = self.prepare(images_or_paths_or_folder, mode, frames, stride, fps, strict, progress)
+        if chunk is not None and chunk < len(prepared):
+            from pacegeo.sequence import reconstruct_in_chunks
+
+            return reconstruct_in_chunks(self, prepared, chunk, overlap, keep, seed, progress, check_memory)
         frames_count = len(prepared)
         image_hw = prepared.image_hw
         loaded = prepared.images.numel() * prepared.images.element_size()

@@ -32,18 +32,15 @@ def _cmd_map(args: argparse.Namespace) -> int:
         from pacegeo.options import check_count, check_keep, check_seed
         from pacegeo.io.inputs import check_input, input_paths, prepare_inputs
         from pacegeo.models import resolve_model
+        from pacegeo.sequence import check_chunking
 
         keep = check_keep(args.keep)
         if str(args.pruner).lower() == "none" and keep < 1.0:
             raise InputError(f"--keep {keep:g} needs a pruner; drop --pruner none or use --keep 1")
-        for name in ("frames", "stride", "overlap"):
+        for name in ("frames", "stride"):
             check_count(getattr(args, name), name)
-        check_count(args.chunk, "chunk", minimum=2)
+        check_chunking(args.chunk, args.overlap)
         check_seed(args.seed)
-        if args.overlap is not None and args.chunk is None:
-            raise InputError("--overlap needs --chunk")
-        if args.overlap is not None and args.overlap >= args.chunk:
-            raise InputError(f"--overlap must be smaller than --chunk ({args.chunk}), got {args.overlap}")
         if args.target_size is not None and (args.target_size < 14 or args.target_size % 14):
             raise InputError(f"--target-size must be a positive multiple of 14, got {args.target_size}")
 

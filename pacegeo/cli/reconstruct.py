@@ -66,6 +66,7 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
         from pacegeo.models import resolve_model
         from pacegeo.pipeline import DEFAULT_KEEP, Pipeline
         from pacegeo.reconstruction import check_point_filter, export_spec
+        from pacegeo.sequence import check_chunking
 
         pruner = args.pruner
         keep = args.keep
@@ -76,6 +77,7 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
             raise InputError(f"--keep {keep:g} needs a pruner; drop --pruner none or use --keep 1")
         for name in ("frames", "stride", "max_points"):
             check_count(getattr(args, name), name)
+        check_chunking(args.chunk, args.overlap)
         check_seed(args.seed)
         check_positive_number(args.fps, "fps")
         check_point_filter(args.conf, args.conf_percentile)
@@ -116,7 +118,7 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
         # 5. Inference (memory preflight first).
         rec = pipe.reconstruct(
             prepared, keep=keep, seed=args.seed, check_memory=not args.no_memory_check,
-            progress=False if args.quiet else None,
+            progress=False if args.quiet else None, chunk=args.chunk, overlap=args.overlap,
         )
 
         # 6. Every output together: all appear, or none does and earlier files stay as they were.
@@ -143,6 +145,12 @@ def _print_summary(rec, description: str, points: int, total_seconds: float) -> 
     h, w = rec.inference_hw
     pruning = f"{rec.pruner_mode} pruning" if rec.pruner_mode and rec.keep < 1 else "no pruning"
     print(f"reconstructed {len(rec)} frames from {description} at {w}x{h} ({rec.model_name}, {pruning}, {rec.device}, {rec.dtype})")
+    chunks = rec.pruning.get("chunks")
+    if chunks:
+        shared = chunks[0]["end"] - chunks[1]["start"]
+        worst = min(c["fit"]["inliers"] for c in chunks[1:])
+        print(f"in {len(chunks)} chunks of up to {chunks[0]['end']} frames ({shared} shared), "
+              f"aligned on their shared frames' points (lowest inlier share {100 * worst:.0f}%)")
     if rec.skipped:
         print(f"skipped {len(rec.skipped)} unreadable input(s): " + ", ".join(_file_name(s[0]) for s in rec.skipped))
     others = kept[1:] or kept
@@ -210,6 +218,10 @@ def add_reconstruct_parser(sub) -> None:
     p.add_argument("--preview", default=None, metavar="PNG", help="also write a PNG preview (perspective, top and side views)")
     p.add_argument("--overwrite", action="store_true", help="replace outputs that already exist")
     p.add_argument("--strict", action="store_true", help="fail on an unreadable image instead of skipping it")
+    p.add_argument("--chunk", type=int, default=None, metavar="N",
+                   help="at most N frames per forward pass, chunks stitched on their shared frames (default: all at once)")
+    p.add_argument("--overlap", type=int, default=None, metavar="N",
+                   help="frames shared by consecutive chunks (default max(3, chunk/4))")
     p.add_argument("--seed", type=int, default=0, help="seed of any randomness (random pruning, point subsets)")
     p.add_argument("--no-memory-check", action="store_true", help="skip the memory preflight")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars, notes or summary (errors and warnings still shown)")

@@ -235,13 +235,16 @@ def apply_sim3_to_w2c(w2c: ArrayLike, s: float, R: ArrayLike, t: ArrayLike) -> n
     return invert_se3(apply_sim3_to_c2w(invert_se3(poses_4x4(w2c, "w2c")), s, R, t))
 
 
-def umeyama(src: ArrayLike, dst: ArrayLike, with_scale: bool = True) -> tuple[float, np.ndarray, np.ndarray]:
-    """Least-squares similarity (Umeyama 1991) minimising ``sum |dst_i - (s R src_i + t)|^2``.
+def umeyama(
+    src: ArrayLike, dst: ArrayLike, with_scale: bool = True, weights: ArrayLike | None = None
+) -> tuple[float, np.ndarray, np.ndarray]:
+    """Least-squares similarity (Umeyama 1991) minimising ``sum w_i |dst_i - (s R src_i + t)|^2``.
 
     Args:
         src: ``[N, 3]`` source points.
         dst: ``[N, 3]`` corresponding target points.
         with_scale: estimate ``s`` (Sim(3)); when False ``s = 1`` (SE(3), rigid).
+        weights: ``[N]`` non-negative weight of each pair (None: all equal).
 
     Returns:
         ``(s, R, t)``: float scale, ``[3, 3]`` rotation (det +1), ``[3]`` translation.
@@ -252,17 +255,23 @@ def umeyama(src: ArrayLike, dst: ArrayLike, with_scale: bool = True) -> tuple[fl
         raise ValueError(f"src and dst must match, got {X.shape} and {Y.shape}")
     if X.shape[0] < 2:
         raise ValueError("umeyama needs at least 2 point pairs")
-    mu_x, mu_y = X.mean(0), Y.mean(0)
+    if weights is None:
+        w = np.full(X.shape[0], 1.0 / X.shape[0])
+    else:
+        w = np.asarray(weights, dtype=np.float64).reshape(-1)
+        if w.shape[0] != X.shape[0] or not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
+            raise ValueError("umeyama weights must be N finite non-negative numbers with a positive sum")
+        w = w / w.sum()
+    mu_x, mu_y = w @ X, w @ Y
     Xc, Yc = X - mu_x, Y - mu_y
-    n = X.shape[0]
-    cov = Yc.T @ Xc / n
+    cov = (Yc * w[:, None]).T @ Xc
     U, D, Vt = np.linalg.svd(cov)
     S = np.eye(3)
     if np.linalg.det(U) * np.linalg.det(Vt) < 0:
         S[2, 2] = -1.0
     R = U @ S @ Vt
     if with_scale:
-        var_x = np.sum(Xc**2) / n
+        var_x = float(w @ np.sum(Xc**2, axis=1))
         if var_x <= np.finfo(np.float64).tiny:
             raise ValueError("umeyama: source points are all identical, scale is undefined")
         s = float(np.sum(D * np.diag(S)) / var_x)

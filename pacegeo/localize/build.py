@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -13,14 +12,12 @@ import torch
 
 from pacegeo.errors import InputError
 from pacegeo.geometry.transforms import invert_se3
-from pacegeo.localize.align import Sim3Fit, fit_sim3
 from pacegeo.localize.extractors import vpr_extractor
 from pacegeo.localize.store import MapStore
-from pacegeo.options import check_count, check_keep, check_seed
-from pacegeo.progress import progress_bar, progress_enabled
+from pacegeo.options import check_keep, check_seed
+from pacegeo.sequence import check_chunking, chunk_spans, reconstruct_in_chunks
 
 if TYPE_CHECKING:  # pragma: no cover
-    from pacegeo.io.inputs import PreparedInputs
     from pacegeo.pipeline import Pipeline
 
 logger = logging.getLogger(__name__)
@@ -28,24 +25,6 @@ logger = logging.getLogger(__name__)
 DEFAULT_MAP_KEEP = 0.5
 
 __all__ = ["DEFAULT_MAP_KEEP", "build_map", "chunk_spans", "median_depths"]
-
-
-def chunk_spans(count: int, chunk: int | None, overlap: int | None = None) -> list[tuple[int, int]]:
-    """``[start, end)`` frame ranges of a chunked reconstruction of ``count`` frames.
-
-    Consecutive chunks share ``overlap`` frames (default ``max(3, chunk // 4)``, capped at
-    ``chunk - 1``); ``chunk=None`` or ``chunk >= count`` gives one span.
-    """
-    if chunk is None or chunk >= count:
-        return [(0, count)]
-    if chunk < 2:
-        raise InputError(f"chunk must be at least 2 frames, got {chunk}")
-    if overlap is None:
-        overlap = min(max(3, chunk // 4), chunk - 1)
-    if not 1 <= overlap < chunk:
-        raise InputError(f"overlap must be at least 1 and smaller than chunk ({chunk}), got {overlap}")
-    step = chunk - overlap
-    return [(start, min(start + chunk, count)) for start in range(0, count - overlap, step)]
 
 
 def median_depths(rec) -> np.ndarray:
@@ -57,16 +36,6 @@ def median_depths(rec) -> np.ndarray:
         if d.size:
             out[i] = float(np.median(d))
     return out
-
-
-def _subset(prepared: "PreparedInputs", start: int, end: int) -> "PreparedInputs":
-    return replace(
-        prepared,
-        images=prepared.images[start:end],
-        transforms=list(prepared.transforms[start:end]),
-        names=list(prepared.names[start:end]),
-        skipped=[],
-    )
 
 
 def _model_label(pipeline: "Pipeline") -> str:
@@ -94,8 +63,9 @@ def build_map(
         frames: anything :meth:`Pipeline.reconstruct` accepts (folder, video, paths, arrays,
             :class:`PreparedInputs`), in sequence order.
         keep: fraction of patch tokens kept, for the descriptors and the reconstruction.
-        chunk: reconstruct at most ``chunk`` frames at a time (None: all at once); chunks after the
-            first are aligned to the first by :func:`fit_sim3` on their ``overlap`` shared frames.
+        chunk: reconstruct at most ``chunk`` frames at a time (None: all at once), stitched by
+            :func:`pacegeo.sequence.reconstruct_in_chunks` (chunks aligned on the point maps of
+            their ``overlap`` shared frames).
         overlap: frames shared by consecutive chunks (default ``max(3, chunk // 4)``).
         vpr: descriptor head (:func:`vpr_extractor`).
         seed: seed of any randomness in the pruned forward passes.
@@ -108,8 +78,7 @@ def build_map(
 
     keep = check_keep(keep)
     seed = check_seed(seed)
-    chunk = check_count(chunk, "chunk")
-    overlap = check_count(overlap, "overlap")
+    chunk, overlap = check_chunking(chunk, overlap)
     prepared = frames if isinstance(frames, PreparedInputs) else pipeline.prepare(frames, progress=progress)
     count = len(prepared)
     spans = chunk_spans(count, chunk, overlap)
@@ -118,32 +87,13 @@ def build_map(
     extractor, vpr_source, vpr_identity = vpr_extractor(pipeline, vpr)
     descriptors = extractor.describe(prepared.images, keep=keep).numpy().astype(np.float32)
 
-    c2w = np.full((count, 4, 4), np.nan)
-    intrinsics = np.full((count, 3, 3), np.nan)
-    depth_median = np.full(count, np.nan)
-    placed = 0  # frames [0, placed) are in the map frame
-    show = progress_enabled(progress) and len(spans) > 1
-    for start, end in progress_bar(spans, show, desc="mapping", unit="chunk"):
-        rec = pipeline.reconstruct(_subset(prepared, start, end), keep=keep, seed=seed)
-        pred = invert_se3(rec.extrinsics)
-        medians = median_depths(rec)
-        if start == 0:  # the map frame is the first frame's camera frame, exactly
-            rotation0 = pred[0, :3, :3].T
-            fit = Sim3Fit(1.0, rotation0, -rotation0 @ pred[0, :3, 3], "umeyama", end - start)
-        else:
-            shared = np.arange(start, placed)
-            fit = fit_sim3(pred[: len(shared)], c2w[shared], medians[: len(shared)], depth_median[shared])
-            if fit.method == "failed":
-                raise InputError(f"frames {start}-{end - 1} gave non-finite cameras; the chunk cannot be aligned")
-            logger.info(
-                "chunk %d-%d aligned on %d shared frames (%s, scale %.4g, residual %.3g, rotation residual %.2f deg)",
-                start, end - 1, len(shared), fit.method, fit.scale, fit.residual, fit.rotation_residual_deg,
-            )
-        new = np.arange(max(start, placed), end)
-        c2w[new] = fit.apply_c2w(pred[new - start])
-        intrinsics[new] = rec.intrinsics[new - start]
-        depth_median[new] = fit.scale * medians[new - start]
-        placed = end
+    rec = reconstruct_in_chunks(pipeline, prepared, chunk or count, overlap, keep, seed, progress)
+    c2w = invert_se3(rec.extrinsics.astype(np.float64))
+    c2w = np.einsum("ij,sjk->sik", invert_se3(c2w[0]), c2w)  # the map frame is the first camera's, exactly
+    intrinsics = rec.intrinsics.astype(np.float64)
+    depth_median = median_depths(rec)
+    if not np.isfinite(c2w).all():
+        raise InputError("the reconstruction gave non-finite cameras; the map cannot be built")
 
     images = (prepared.images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
     store = MapStore(

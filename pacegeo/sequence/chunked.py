@@ -1,0 +1,144 @@
+"""Reconstruct a long sequence in overlapping chunks and stitch them into one reconstruction.
+
+Each chunk is one forward pass of the pipeline (its model, pruner, keep and precision), so memory
+is bounded by the chunk, not the sequence. The first chunk defines the world frame (its first
+camera, as in a single pass). Every later chunk is mapped into it by a Sim(3) fitted robustly on
+the point maps both chunks predict for their shared frames (:func:`fit_points_sim3`, weighted by
+the smaller of the two depth confidences). A frame keeps the prediction of the first chunk that
+contains it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from pacegeo.errors import InputError, option
+from pacegeo.geometry.transforms import invert_se3
+from pacegeo.progress import progress_bar, progress_enabled
+from pacegeo.sequence.align import PointFit, fit_points_sim3
+from pacegeo.sequence.spans import chunk_spans
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pacegeo.io.inputs import PreparedInputs
+    from pacegeo.pipeline import Pipeline
+    from pacegeo.reconstruction import Reconstruction
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["IDENTITY", "reconstruct_in_chunks", "stitch", "subset"]
+
+IDENTITY = PointFit(1.0, np.eye(3), np.zeros(3), 0, 1.0, 0.0, True)
+
+#: Per-frame arrays of a Reconstruction, stitched frame by frame.
+_FRAME_ARRAYS = ("depth", "depth_conf", "world_points", "world_points_conf", "points_from_depth", "colors",
+                 "valid_mask", "extrinsics", "intrinsics", "intrinsics_original", "image_size")
+
+
+def subset(prepared: "PreparedInputs", start: int, end: int) -> "PreparedInputs":
+    """Frames ``[start, end)`` of prepared inputs."""
+    return replace(prepared, images=prepared.images[start:end], transforms=list(prepared.transforms[start:end]),
+                   names=list(prepared.names[start:end]), skipped=[])
+
+
+def _placed(rec: "Reconstruction", frames: np.ndarray, fit: PointFit) -> dict[str, np.ndarray]:
+    """The arrays of ``rec``'s ``frames`` mapped by ``fit`` into the placed frame (the first chunk's
+    unchanged, bit for bit)."""
+    if fit is IDENTITY:
+        return {name: getattr(rec, name)[frames] for name in _FRAME_ARRAYS}
+    c2w = fit.apply_c2w(invert_se3(rec.extrinsics[frames].astype(np.float64)))
+    return {
+        "depth": (fit.scale * rec.depth[frames]).astype(np.float32),
+        "depth_conf": rec.depth_conf[frames],
+        "world_points": fit.apply_points(rec.world_points[frames]).astype(np.float32),
+        "world_points_conf": rec.world_points_conf[frames],
+        "points_from_depth": fit.apply_points(rec.points_from_depth[frames]).astype(np.float32),
+        "colors": rec.colors[frames],
+        "valid_mask": rec.valid_mask[frames],
+        "extrinsics": invert_se3(c2w)[:, :3, :4].astype(np.float32),
+        "intrinsics": rec.intrinsics[frames],
+        "intrinsics_original": rec.intrinsics_original[frames],
+        "image_size": rec.image_size[frames],
+    }
+
+
+def stitch(first: "Reconstruction", count: int) -> dict[str, np.ndarray]:
+    """Empty per-frame arrays for ``count`` frames shaped like ``first``'s."""
+    return {name: np.zeros((count,) + getattr(first, name).shape[1:], getattr(first, name).dtype) for name in _FRAME_ARRAYS}
+
+
+def _align(rec: "Reconstruction", arrays: dict, start: int, placed: int, index: int, end: int, seed: int) -> PointFit:
+    """The Sim(3) of a chunk starting at ``start`` onto the frames ``[start, placed)`` already placed."""
+    shared = np.arange(start, placed)
+    local = shared - start
+    weights = np.minimum(rec.depth_conf[local], arrays["depth_conf"][shared])
+    weights = np.where(rec.valid_mask[local] & arrays["valid_mask"][shared], weights, 0.0)
+    fit = fit_points_sim3(rec.points_from_depth[local], arrays["points_from_depth"][shared], weights, seed=seed)
+    if not fit.ok:
+        raise InputError(
+            f"chunk {index + 1} (frames {start}-{end - 1}) cannot be aligned to the frames before it: its "
+            f"{len(shared)} shared frame(s) give {fit.points} usable point pairs; use a larger {option('overlap')}"
+        )
+    logger.info("chunk %d (frames %d-%d) aligned on %d shared frames: scale %.4g, inliers %.0f%%, residual %.3g",
+                index + 1, start, end - 1, len(shared), fit.scale, 100 * fit.inliers, fit.residual)
+    return fit
+
+
+def reconstruct_in_chunks(
+    pipeline: "Pipeline",
+    prepared: "PreparedInputs",
+    chunk: int,
+    overlap: int | None = None,
+    keep: float = 1.0,
+    seed: int = 0,
+    progress: bool | None = None,
+    check_memory: bool = True,
+) -> "Reconstruction":
+    """One :class:`Reconstruction` of all frames of ``prepared``, made chunk by chunk.
+
+    Args:
+        chunk: frames per forward pass (see :func:`chunk_spans`); a sequence no longer than
+            ``chunk`` is reconstructed in one pass, exactly as without chunking.
+        overlap: frames consecutive chunks share (default ``max(3, chunk // 4)``).
+        keep, seed, check_memory: as :meth:`Pipeline.reconstruct`, for every chunk.
+
+    The result's ``pruning["chunks"]`` lists each chunk's frames and its alignment
+    (:meth:`PointFit.to_dict`); timings are summed over chunks and the peak memory is the largest.
+    """
+    count = len(prepared)
+    spans = chunk_spans(count, chunk, overlap)
+    if len(spans) == 1:
+        return pipeline.reconstruct(prepared, keep=keep, seed=seed, progress=progress, check_memory=check_memory)
+    arrays: dict[str, np.ndarray] = {}
+    kept: list[int] = []
+    chunks: list[dict] = []
+    timings: dict[str, float] = {}
+    first = None
+    placed = 0
+    show = progress_enabled(progress)
+    for index, (start, end) in enumerate(progress_bar(spans, show, desc="chunks", unit="chunk")):
+        rec = pipeline.reconstruct(subset(prepared, start, end), keep=keep, seed=seed, progress=False,
+                                   check_memory=check_memory)
+        if first is None:
+            first, arrays, fit = rec, stitch(rec, count), IDENTITY
+        else:
+            fit = _align(rec, arrays, start, placed, index, end, seed)
+        new = np.arange(max(start, placed), end)
+        for name, values in _placed(rec, new - start, fit).items():
+            arrays[name][new] = values
+        kept += rec.kept_per_frame[new[0] - start:]
+        for key, seconds in rec.timings.items():
+            timings[key] = timings.get(key, 0.0) + seconds if key != "load" else seconds
+        first.peak_memory = max(first.peak_memory, rec.peak_memory)
+        first.memory_estimate = max(first.memory_estimate, rec.memory_estimate)
+        chunks.append({"start": start, "end": end, "fit": fit.to_dict()})
+        placed = end
+    pruning = {k: v for k, v in first.pruning.items() if k in ("mode", "keep", "patch_tokens_per_frame", "grid_hw")}
+    pruning.update(frames=count, kept_per_frame=kept, chunks=chunks)
+    timings["preprocess"] = prepared.seconds
+    return replace(first, **arrays, frame_names=list(prepared.names), pruning=pruning, timings=timings,
+                   skipped=list(prepared.skipped), files_written=[],
+                   input_paths=[*prepared.paths, *pipeline.weight_paths])

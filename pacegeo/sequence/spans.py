@@ -1,0 +1,43 @@
+"""The frame ranges of a chunked reconstruction."""
+
+from __future__ import annotations
+
+from pacegeo.errors import InputError, option
+from pacegeo.options import check_count
+
+__all__ = ["check_chunking", "chunk_spans", "default_overlap"]
+
+
+def check_chunking(chunk: object, overlap: object) -> tuple[int | None, int | None]:
+    """``(chunk, overlap)`` checked where they enter: a chunk of at least 2 frames, an overlap of
+    at least 1 frame and smaller than the chunk, and no overlap without a chunk."""
+    chunk = check_count(chunk, "chunk", minimum=2)
+    overlap = check_count(overlap, "overlap")
+    if overlap is not None and chunk is None:
+        raise InputError(f"{option('overlap')} needs {option('chunk')}")
+    if overlap is not None and overlap >= chunk:
+        raise InputError(f"{option('overlap')} must be smaller than {option('chunk')} ({chunk}), got {overlap}")
+    return chunk, overlap
+
+
+def default_overlap(chunk: int) -> int:
+    """Frames consecutive chunks share when none is asked for: a quarter of a chunk, 3 at least."""
+    return min(max(3, chunk // 4), chunk - 1)
+
+
+def chunk_spans(count: int, chunk: int | None, overlap: int | None = None) -> list[tuple[int, int]]:
+    """``[start, end)`` frame ranges of a chunked reconstruction of ``count`` frames.
+
+    Consecutive chunks share ``overlap`` frames (default :func:`default_overlap`); ``chunk=None``
+    or ``chunk >= count`` gives one span. The last chunk may be shorter than ``chunk``.
+    """
+    if chunk is None or chunk >= count:
+        return [(0, count)]
+    if chunk < 2:
+        raise InputError(f"{option('chunk')} must be at least 2 frames, got {chunk}")
+    if overlap is None:
+        overlap = default_overlap(chunk)
+    if not 1 <= overlap < chunk:
+        raise InputError(f"{option('overlap')} must be at least 1 and smaller than {option('chunk')} ({chunk}), got {overlap}")
+    step = chunk - overlap
+    return [(start, min(start + chunk, count)) for start in range(0, count - overlap, step)]
