@@ -34,6 +34,7 @@ OPTIONS: dict[str, tuple[str, str]] = {
     "top_k": ("top_k", "--top-k"),
     "chunk": ("chunk", "--chunk"),
     "overlap": ("overlap", "--overlap"),
+    "work_dir": ("work_dir", "--work-dir"),
     "scenes": ("num_scenes", "--scenes"),
     "size": ("width, height", "--size"),
 }

@@ -272,7 +272,8 @@ class Pipeline:
         check_memory: bool = True,
         chunk: int | None = None,
         overlap: int | None = None,
-    ) -> Reconstruction:
+        work_dir: str | os.PathLike | None = None,
+    ) -> Reconstruction | None:
         """Reconstruct cameras, depth and points from images or a video.
 
         Args:
@@ -290,6 +291,10 @@ class Pipeline:
                 chunks sharing ``overlap`` frames (default ``max(3, chunk // 4)``), and stitch the
                 chunks into one reconstruction (:func:`pacegeo.sequence.reconstruct_in_chunks`).
                 None: one pass over all frames.
+            work_dir: with ``chunk``, keep finished chunks in this folder so that a failed run
+                resumes when rerun; required when the run is spread over processes with
+                ``accelerate launch``, where only process 0 returns the reconstruction (the others
+                return None).
 
         Raises:
             InputError: bad inputs or options, or not enough memory (the message says what fits).
@@ -303,10 +308,13 @@ class Pipeline:
             prepared = images_or_paths_or_folder
         else:
             prepared = self.prepare(images_or_paths_or_folder, mode, frames, stride, fps, strict, progress)
-        if chunk is not None and chunk < len(prepared):
+        if work_dir is not None and chunk is None:
+            raise InputError(f"{option('work_dir')} needs {option('chunk')}")
+        if chunk is not None and (chunk < len(prepared) or work_dir is not None):
             from pacegeo.sequence import reconstruct_in_chunks
 
-            return reconstruct_in_chunks(self, prepared, chunk, overlap, keep, seed, progress, check_memory)
+            return reconstruct_in_chunks(self, prepared, chunk, overlap, keep, seed, progress, check_memory,
+                                         work_dir=work_dir)
         frames_count = len(prepared)
         image_hw = prepared.image_hw
         loaded = prepared.images.numel() * prepared.images.element_size()

@@ -436,6 +436,30 @@ def test_memory_preflight_says_what_fits(pipe, frames_dir, monkeypatch):
     assert isinstance(prepared, PreparedInputs)
 
 
+def test_memory_preflight_suggests_a_chunk_size_that_fits(pipe, frames_dir, monkeypatch):
+    import re
+    from dataclasses import replace
+
+    import torch
+
+    import pacegeo.pipeline as pipeline
+
+    small = pipe.prepare(frames_dir)
+    prepared = replace(small, images=torch.cat([small.images] * 4), transforms=list(small.transforms) * 4,
+                       names=[f"{i:02d}" for i in range(4 * len(small))])
+    count = len(prepared)
+    need = pipe.estimate_memory(count, prepared.image_hw, 1.0).activations
+    half = pipe.estimate_memory(count // 2, prepared.image_hw, 1.0).activations
+    monkeypatch.setattr(pipeline, "available_memory", lambda device: (need + half) // 2)
+    with pytest.raises(InputError) as err:
+        pipe.reconstruct(prepared, keep=1.0)
+    assert "--chunk=" in err.value.cli_message()
+    chunk = int(re.search(r"chunk=(\d+)", str(err.value)).group(1))
+    assert count // 2 <= chunk < count
+    rec = pipe.reconstruct(prepared, keep=1.0, chunk=chunk)  # what it suggests runs under the same limit
+    assert len(rec) == count and len(rec.pruning["chunks"]) >= 2
+
+
 # --------------------------------------------------------------------------------------------
 # Video
 # --------------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -78,6 +79,7 @@ class _Prepared:
     paths: list = field(default_factory=list)
     skipped: list = field(default_factory=list)
     seconds: float = 0.0
+    mode: str = "crop"
 
     def __len__(self):
         return len(self.names)
@@ -92,6 +94,9 @@ class _ExactPipeline:
     at the origin and its scale multiplied by a factor that differs from chunk to chunk."""
 
     weight_paths: list = []
+    model, pruner, pruner_mode, device, amp_dtype = None, None, None, "cpu", None
+    config = SimpleNamespace(name="exact")
+    backbone = torch.nn.Linear(1, 1)
 
     def __init__(self, count: int, hw=(12, 16), seed: int = 0):
         rng = np.random.default_rng(seed)
@@ -199,3 +204,55 @@ def test_cli_reconstructs_in_chunks(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "pacegeo", "reconstruct", EXAMPLE, "--overlap", "3",
                           "-o", str(tmp_path / "x.ply")], capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.strip() == "pacegeo: error: --overlap needs --chunk"
+
+
+# -- resume and processes ---------------------------------------------------------------------------
+
+
+def test_a_failed_run_resumes_from_its_finished_chunks(tmp_path):
+    count = 20
+    reference = reconstruct_in_chunks(_ExactPipeline(count), _prepared(count), chunk=8, overlap=3)
+    pipe = _ExactPipeline(count)
+    original = pipe.reconstruct
+
+    def dies_on_the_third_chunk(prepared, **kwargs):
+        if int(prepared.names[0]) == 10:
+            raise InputError("out of memory (simulated)")
+        return original(prepared, **kwargs)
+
+    pipe.reconstruct = dies_on_the_third_chunk
+    with pytest.raises(InputError, match=r"chunk 3 of 4 \(frames 10-17\) failed: out of memory.*rerun the same command"):
+        reconstruct_in_chunks(pipe, _prepared(count), chunk=8, overlap=3, work_dir=tmp_path)
+    assert sorted(p.name for p in next(tmp_path.iterdir()).iterdir()) == ["chunk_00000.npz", "chunk_00001.npz", "chunk_00002.failed"]
+    pipe.reconstruct = original
+    pipe.calls.clear()
+    resumed = reconstruct_in_chunks(pipe, _prepared(count), chunk=8, overlap=3, work_dir=tmp_path)
+    assert [c[0] for c in pipe.calls] == [10, 15]  # the finished chunks are read, not recomputed
+    # the scales of the fake differ by call order; what must hold is the stitched geometry
+    assert np.allclose(resumed.extrinsics[:, :3, :3], reference.extrinsics[:, :3, :3], atol=1e-4)
+    assert np.allclose(resumed.depth, reference.depth, rtol=1e-4)
+    assert list(tmp_path.iterdir()) == []  # cleared after the successful stitch
+
+
+def test_two_processes_give_the_single_process_result(tmp_path):
+    """What ``accelerate launch --num_processes 2`` sets up: RANK and WORLD_SIZE per process."""
+    import os
+
+    common = [sys.executable, "-m", "pacegeo", "reconstruct", EXAMPLE, "--frames", "12", "--chunk", "5", "--overlap", "2",
+              "--export", "npz", "-q"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    single = subprocess.run(common + ["-o", str(tmp_path / "single.ply")], env=env, capture_output=True, text=True)
+    assert single.returncode == 0, single.stderr
+    procs = [subprocess.Popen(common + ["-o", str(tmp_path / "multi.ply"), "--work-dir", str(tmp_path / "work")],
+                              env=dict(env, RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2"), stderr=subprocess.PIPE, text=True)
+             for r in (0, 1)]
+    errors = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errors
+    assert not (tmp_path / "multi_1.npz").exists() and not (tmp_path / "multi.npz.tmp").exists()
+    with np.load(tmp_path / "single.npz") as a, np.load(tmp_path / "multi.npz") as b:
+        assert a.files == b.files
+        for name in a.files:
+            assert np.array_equal(a[name], b[name]), name
+    refused = subprocess.run(common + ["-o", str(tmp_path / "x.ply")], env=dict(env, RANK="0", WORLD_SIZE="2"),
+                             capture_output=True, text=True)
+    assert refused.returncode == 2 and "--work-dir they all share" in refused.stderr

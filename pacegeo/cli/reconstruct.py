@@ -60,13 +60,15 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     with WarningHandler():
         # 1. Options, before anything is read (the library's checks, messages in flag names).
-        from pacegeo.io.outputs import check_outputs
+        from pathlib import Path
+
+        from pacegeo.io.outputs import OutputSpec, check_outputs
         from pacegeo.options import check_count, check_keep, check_positive_number, check_seed
         from pacegeo.io.inputs import check_input, input_paths, prepare_inputs
         from pacegeo.models import resolve_model
         from pacegeo.pipeline import DEFAULT_KEEP, Pipeline
         from pacegeo.reconstruction import check_point_filter, export_spec
-        from pacegeo.sequence import check_chunking
+        from pacegeo.sequence import check_chunking, process_device, process_layout
 
         pruner = args.pruner
         keep = args.keep
@@ -78,6 +80,11 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
         for name in ("frames", "stride", "max_points"):
             check_count(getattr(args, name), name)
         check_chunking(args.chunk, args.overlap)
+        if args.work_dir is not None and args.chunk is None:
+            raise InputError("--work-dir needs --chunk")
+        rank, world = process_layout()
+        if world > 1 and (args.chunk is None or args.work_dir is None):
+            raise InputError(f"a run spread over {world} processes needs --chunk and a --work-dir they all share")
         check_seed(args.seed)
         check_positive_number(args.fps, "fps")
         check_point_filter(args.conf, args.conf_percentile)
@@ -97,6 +104,8 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
             targets["preview"] = args.preview
         inputs = [*input_paths(args.input, args.fps), *weight_inputs(choice, pruner)]
         check_outputs([export_spec(fmt, path) for fmt, path in targets.items()], inputs, args.overwrite)
+        if args.work_dir is not None:  # kept between runs (resume): only where it may go
+            check_outputs([OutputSpec(Path(args.work_dir), "folder", what="work folder")], inputs, overwrite=True)
 
         # 4. Images, then weights.
         prepared = prepare_inputs(
@@ -110,16 +119,18 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
             progress=False if args.quiet else None,
         )
         pipe = Pipeline.from_pretrained(
-            choice, pruner=pruner, device=args.device, target_size=args.target_size or choice.target_size, dtype=args.dtype
+            choice, pruner=pruner, device=process_device(args.device), target_size=args.target_size or choice.target_size, dtype=args.dtype
         )
-        if pipe.notice and not args.quiet:
+        if pipe.notice and not args.quiet and rank == 0:
             print(f"pacegeo: note: {pipe.notice}", file=sys.stderr)
 
         # 5. Inference (memory preflight first).
         rec = pipe.reconstruct(
             prepared, keep=keep, seed=args.seed, check_memory=not args.no_memory_check,
-            progress=False if args.quiet else None, chunk=args.chunk, overlap=args.overlap,
+            progress=False if args.quiet else None, chunk=args.chunk, overlap=args.overlap, work_dir=args.work_dir,
         )
+        if rec is None:  # a process of a multi-process run other than the first: its chunks are done
+            return 0
 
         # 6. Every output together: all appear, or none does and earlier files stay as they were.
         point_kwargs = {  # neither given: the library's default filter (DEFAULT_CONF_PERCENTILE)
@@ -222,6 +233,9 @@ def add_reconstruct_parser(sub) -> None:
                    help="at most N frames per forward pass, chunks stitched on their shared frames (default: all at once)")
     p.add_argument("--overlap", type=int, default=None, metavar="N",
                    help="frames shared by consecutive chunks (default max(3, chunk/4))")
+    p.add_argument("--work-dir", default=None, metavar="DIR",
+                   help="with --chunk: keep finished chunks in DIR so that a failed run resumes when rerun "
+                        "(required under accelerate launch, shared by its processes)")
     p.add_argument("--seed", type=int, default=0, help="seed of any randomness (random pruning, point subsets)")
     p.add_argument("--no-memory-check", action="store_true", help="skip the memory preflight")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars, notes or summary (errors and warnings still shown)")

@@ -10,5 +10,7 @@
 from pacegeo.sequence.align import PointFit, fit_points_sim3
 from pacegeo.sequence.chunked import reconstruct_in_chunks
 from pacegeo.sequence.spans import check_chunking, chunk_spans
+from pacegeo.sequence.store import ChunkStore, process_device, process_layout
 
-__all__ = ["PointFit", "check_chunking", "chunk_spans", "fit_points_sim3", "reconstruct_in_chunks"]
+__all__ = ["ChunkStore", "PointFit", "check_chunking", "chunk_spans", "fit_points_sim3", "process_device",
+           "process_layout", "reconstruct_in_chunks"]

@@ -17,7 +17,7 @@ import numpy as np
 
 from pacegeo.geometry.transforms import apply_sim3_to_c2w, apply_sim3_to_points, umeyama
 
-__all__ = ["MIN_POINTS", "PointFit", "fit_points_sim3"]
+__all__ = ["MIN_POINTS", "PointFit", "fit_cameras_sim3", "fit_points_sim3"]
 
 #: Fewest valid pixel pairs a fit accepts.
 MIN_POINTS = 64
@@ -113,3 +113,23 @@ def fit_points_sim3(
     inliers = float(np.mean(r <= 3.0 * sigma)) if sigma > 0 else 1.0
     residual = float(np.median(r)) / spread if spread > 1e-12 else 0.0
     return PointFit(float(s), R, t, n, inliers, residual, True)
+
+
+def fit_cameras_sim3(src_c2w: np.ndarray, dst_c2w: np.ndarray) -> PointFit:
+    """Least-squares Sim(3) taking the camera centres of ``src_c2w`` onto those of ``dst_c2w``
+    (``[N, 3|4, 4]`` each): the alignment by shared cameras alone, without the point maps. It needs
+    at least 3 centres that are not all at one place; ``points`` counts the cameras used."""
+    src = np.asarray(src_c2w, np.float64)[:, :3, 3]
+    dst = np.asarray(dst_c2w, np.float64)[:, :3, 3]
+    n = len(src)
+    if n < 3 or not (np.isfinite(src).all() and np.isfinite(dst).all()):
+        return _failed(n)
+    try:
+        s, R, t = umeyama(src, dst, with_scale=True)
+    except (ValueError, np.linalg.LinAlgError):
+        return _failed(n)
+    if not (np.isfinite(s) and s > 0):
+        return _failed(n)
+    r = np.linalg.norm(dst - (s * src @ R.T + t), axis=1)
+    spread = float(np.sqrt(np.mean(np.sum((dst - dst.mean(0)) ** 2, axis=1))))
+    return PointFit(float(s), R, t, n, 1.0, float(np.sqrt(np.mean(r**2))) / spread if spread > 1e-12 else 0.0, True)

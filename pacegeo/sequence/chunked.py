@@ -11,16 +11,19 @@ contains it.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pacegeo.errors import InputError, option
+from pacegeo.errors import InputError, PacegeoError, option
 from pacegeo.geometry.transforms import invert_se3
 from pacegeo.progress import progress_bar, progress_enabled
-from pacegeo.sequence.align import PointFit, fit_points_sim3
+from pacegeo.sequence.align import PointFit, fit_cameras_sim3, fit_points_sim3
+from pacegeo.precision import dtype_name
 from pacegeo.sequence.spans import chunk_spans
+from pacegeo.sequence.store import ChunkStore, process_layout, run_key
 
 if TYPE_CHECKING:  # pragma: no cover
     from pacegeo.io.inputs import PreparedInputs
@@ -70,17 +73,24 @@ def stitch(first: "Reconstruction", count: int) -> dict[str, np.ndarray]:
     return {name: np.zeros((count,) + getattr(first, name).shape[1:], getattr(first, name).dtype) for name in _FRAME_ARRAYS}
 
 
-def _align(rec: "Reconstruction", arrays: dict, start: int, placed: int, index: int, end: int, seed: int) -> PointFit:
+def _align(rec: "Reconstruction", arrays: dict, start: int, placed: int, index: int, end: int, seed: int,
+           align: str) -> PointFit:
     """The Sim(3) of a chunk starting at ``start`` onto the frames ``[start, placed)`` already placed."""
     shared = np.arange(start, placed)
     local = shared - start
-    weights = np.minimum(rec.depth_conf[local], arrays["depth_conf"][shared])
-    weights = np.where(rec.valid_mask[local] & arrays["valid_mask"][shared], weights, 0.0)
-    fit = fit_points_sim3(rec.points_from_depth[local], arrays["points_from_depth"][shared], weights, seed=seed)
+    if align == "cameras":
+        fit = fit_cameras_sim3(invert_se3(rec.extrinsics[local].astype(np.float64)),
+                               invert_se3(arrays["extrinsics"][shared].astype(np.float64)))
+        what = "usable camera centres"
+    else:
+        weights = np.minimum(rec.depth_conf[local], arrays["depth_conf"][shared])
+        weights = np.where(rec.valid_mask[local] & arrays["valid_mask"][shared], weights, 0.0)
+        fit = fit_points_sim3(rec.points_from_depth[local], arrays["points_from_depth"][shared], weights, seed=seed)
+        what = "usable point pairs"
     if not fit.ok:
         raise InputError(
             f"chunk {index + 1} (frames {start}-{end - 1}) cannot be aligned to the frames before it: its "
-            f"{len(shared)} shared frame(s) give {fit.points} usable point pairs; use a larger {option('overlap')}"
+            f"{len(shared)} shared frame(s) give {fit.points} {what}; use a larger {option('overlap')}"
         )
     logger.info("chunk %d (frames %d-%d) aligned on %d shared frames: scale %.4g, inliers %.0f%%, residual %.3g",
                 index + 1, start, end - 1, len(shared), fit.scale, 100 * fit.inliers, fit.residual)
@@ -96,7 +106,9 @@ def reconstruct_in_chunks(
     seed: int = 0,
     progress: bool | None = None,
     check_memory: bool = True,
-) -> "Reconstruction":
+    align: str = "points",
+    work_dir: str | os.PathLike | None = None,
+) -> "Reconstruction | None":
     """One :class:`Reconstruction` of all frames of ``prepared``, made chunk by chunk.
 
     Args:
@@ -104,28 +116,83 @@ def reconstruct_in_chunks(
             ``chunk`` is reconstructed in one pass, exactly as without chunking.
         overlap: frames consecutive chunks share (default ``max(3, chunk // 4)``).
         keep, seed, check_memory: as :meth:`Pipeline.reconstruct`, for every chunk.
+        align: ``"points"`` (default: :func:`fit_points_sim3` on the shared frames' point maps) or
+            ``"cameras"`` (:func:`fit_cameras_sim3` on their camera centres only; for comparison).
+        work_dir: keep finished chunks here (:class:`ChunkStore`): a failed or killed run resumes
+            from them when rerun, and the processes of ``accelerate launch`` share their chunks
+            through it (required then). Cleared after a successful stitch.
+
+    Under ``accelerate launch`` (or ``torchrun``) with ``N`` processes, process ``r`` reconstructs
+    chunks ``r, r + N, ...``; process 0 then stitches all of them and returns the result, which is
+    the single-process result; the other processes return None.
 
     The result's ``pruning["chunks"]`` lists each chunk's frames and its alignment
     (:meth:`PointFit.to_dict`); timings are summed over chunks and the peak memory is the largest.
     """
+    if align not in ("points", "cameras"):
+        raise ValueError(f"align must be 'points' or 'cameras', got {align!r}")
     count = len(prepared)
     spans = chunk_spans(count, chunk, overlap)
-    if len(spans) == 1:
+    rank, world = process_layout()
+    if len(spans) == 1 and world == 1:
         return pipeline.reconstruct(prepared, keep=keep, seed=seed, progress=progress, check_memory=check_memory)
+    if world > 1 and work_dir is None:
+        raise InputError(f"a run spread over {world} processes needs a {option('work_dir')} that all of them share")
+    store = ChunkStore(work_dir, run_key(pipeline, prepared, spans, keep, seed)) if work_dir is not None else None
+    show = progress_enabled(progress)
+
+    def run(index: int) -> "Reconstruction":
+        start, end = spans[index]
+        try:
+            rec = pipeline.reconstruct(subset(prepared, start, end), keep=keep, seed=seed, progress=False,
+                                       check_memory=check_memory)
+        except Exception as err:
+            reason = str(err) if isinstance(err, PacegeoError) else f"{type(err).__name__}: {err}"
+            message = f"chunk {index + 1} of {len(spans)} (frames {start}-{end - 1}) failed: {reason}"
+            if store is not None:  # the other processes learn of it from the file
+                store.fail(index, message)
+                message += f"; finished chunks are kept in {store.path}: rerun the same command to resume"
+            if not isinstance(err, PacegeoError):
+                raise
+            raise InputError(message) from None
+        if store is not None:
+            store.save(index, rec)
+        return rec
+
+    if store is not None:  # every process reconstructs its share, then process 0 stitches them
+        mine = [i for i in range(len(spans)) if i % world == rank and not store.has(i)]
+        if len(mine) < len([i for i in range(len(spans)) if i % world == rank]):
+            logger.info("resuming: %d finished chunk(s) found in %s", len(spans) - len(mine), store.path)
+        for index in progress_bar(mine, show, desc=f"chunks (process {rank + 1}/{world})" if world > 1 else "chunks", unit="chunk"):
+            run(index)
+        if rank != 0:
+            return None
+        failure = store.wait(list(range(len(spans))))
+        if failure:
+            raise InputError(f"{failure}; finished chunks are kept in {store.path}: rerun the same command to resume")
+        results = (store.load(i) for i in range(len(spans)))
+    else:
+        results = (run(i) for i in progress_bar(range(len(spans)), show, desc="chunks", unit="chunk"))
+    rec = _stitch(pipeline, prepared, spans, results, seed, align)
+    if store is not None:
+        store.clear()
+    return rec
+
+
+def _stitch(pipeline, prepared, spans, results, seed: int, align: str) -> "Reconstruction":
+    """The chunk reconstructions ``results`` (in span order) placed into the first one's frame."""
+    count = len(prepared)
     arrays: dict[str, np.ndarray] = {}
     kept: list[int] = []
     chunks: list[dict] = []
     timings: dict[str, float] = {}
     first = None
     placed = 0
-    show = progress_enabled(progress)
-    for index, (start, end) in enumerate(progress_bar(spans, show, desc="chunks", unit="chunk")):
-        rec = pipeline.reconstruct(subset(prepared, start, end), keep=keep, seed=seed, progress=False,
-                                   check_memory=check_memory)
+    for index, ((start, end), rec) in enumerate(zip(spans, results)):
         if first is None:
             first, arrays, fit = rec, stitch(rec, count), IDENTITY
         else:
-            fit = _align(rec, arrays, start, placed, index, end, seed)
+            fit = _align(rec, arrays, start, placed, index, end, seed, align)
         new = np.arange(max(start, placed), end)
         for name, values in _placed(rec, new - start, fit).items():
             arrays[name][new] = values
@@ -140,5 +207,7 @@ def reconstruct_in_chunks(
     pruning.update(frames=count, kept_per_frame=kept, chunks=chunks)
     timings["preprocess"] = prepared.seconds
     return replace(first, **arrays, frame_names=list(prepared.names), pruning=pruning, timings=timings,
-                   skipped=list(prepared.skipped), files_written=[],
-                   input_paths=[*prepared.paths, *pipeline.weight_paths])
+                   skipped=list(prepared.skipped), files_written=[], keep=first.keep,
+                   model_name=pipeline.model.name if pipeline.model is not None else pipeline.config.name,
+                   pruner_mode=pipeline.pruner_mode, device=str(pipeline.device), dtype=dtype_name(pipeline.amp_dtype),
+                   preprocess_mode=prepared.mode, input_paths=[*prepared.paths, *pipeline.weight_paths])

@@ -1,0 +1,154 @@
+"""Chunked against single-pass reconstruction of long SynthRooms sequences, against ground truth.
+
+Each held-out scene's default trajectory (``--frames`` consecutive views, rendered at the model's
+resolution) is reconstructed by :class:`pacegeo.Pipeline` in one pass and in overlapping chunks
+(``--chunks CHUNK:OVERLAP ...``), stitched by the point maps of the shared frames (``points``, the
+default) or, for comparison, by their camera centres alone (``cameras``). Reported per run:
+
+* ``ate``: RMS camera-centre error after a Sim(3) fit onto the true centres, over the RMS spread of
+  the true centres (scale-free);
+* ``rot_err_med`` and ``rra15``: relative rotation error over all frame pairs;
+* ``points_err``: median distance between the predicted points (from depth) and the true points of
+  the same pixels after a least-squares Sim(3) between the two clouds, over the median distance of
+  the true points to their centroid: the seams between chunks show here;
+* ``abs_rel``: depth AbsRel after per-frame median scaling;
+* ``inliers_min``: the lowest inlier share of a chunk alignment; wall seconds; the estimated
+  activation memory of the run's largest forward pass (:meth:`Pipeline.estimate_memory`).
+
+    python eval/chunked.py --scenes 6 --frames 64 --chunks 16:4 32:8 --keep 1 0.5 \\
+        --json eval/results/chunked_synthrooms.json --md eval/results/chunked_synthrooms.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pacegeo.data.stream import intrinsics_for_fov
+from pacegeo.data.synth import make_scene, make_trajectory, render_frame
+from pacegeo.geometry.transforms import invert_se3, umeyama
+from pacegeo.metrics import depth_metrics, relative_pose_errors, rra
+from pacegeo.sequence import reconstruct_in_chunks
+
+SEED_BASE = 500_000  # held out: training scenes use seeds >= 1,000,000
+
+
+def render_sequence(seed: int, frames: int, height: int, width: int):
+    """``frames`` consecutive views of scene ``seed``'s default trajectory: RGB, depth, K, camera-to-world."""
+    scene = make_scene(seed)
+    traj = make_trajectory(scene, frames)[:frames]
+    K = intrinsics_for_fov(scene.fov_deg, height, width)
+    rgbs, depths = zip(*(render_frame(scene, pose, K, width, height, frame_index=i) for i, pose in enumerate(traj)))
+    return np.stack(rgbs), np.stack(depths), K, np.asarray(traj, np.float64)
+
+
+def true_points(depths: np.ndarray, K: np.ndarray, c2w: np.ndarray) -> np.ndarray:
+    s, h, w = depths.shape
+    v, u = np.mgrid[0:h, 0:w]
+    rays = np.stack([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], np.ones((h, w))], -1)
+    return np.einsum("sij,shwj->shwi", c2w[:, :3, :3], rays[None] * depths[..., None]) + c2w[:, None, None, :3, 3]
+
+
+def sequence_metrics(rec, depths: np.ndarray, K: np.ndarray, c2w: np.ndarray) -> dict:
+    pred_c2w = invert_se3(rec.extrinsics.astype(np.float64))
+    s, R, t = umeyama(pred_c2w[:, :3, 3], c2w[:, :3, 3])
+    centres = c2w[:, :3, 3]
+    spread = float(np.sqrt(np.mean(np.sum((centres - centres.mean(0)) ** 2, axis=1))))
+    mapped = s * pred_c2w[:, :3, 3] @ R.T + t
+    ate = float(np.sqrt(np.mean(np.sum((mapped - centres) ** 2, axis=1)))) / spread
+    rot_err, _ = relative_pose_errors(invert_se3(pred_c2w), invert_se3(c2w))
+    valid = depths > 0
+    gt = true_points(depths, K, c2w)[valid]
+    pts = rec.points_from_depth.astype(np.float64)[valid]
+    pick = np.random.default_rng(0).choice(len(gt), min(20000, len(gt)), replace=False)
+    ps, pR, pt = umeyama(pts[pick], gt[pick])  # the point cloud's own Sim(3) onto the truth
+    scene = float(np.median(np.linalg.norm(gt - gt.mean(0), axis=1)))
+    points_err = float(np.median(np.linalg.norm(ps * pts @ pR.T + pt - gt, axis=1))) / scene
+    chunks = rec.pruning.get("chunks", [])
+    return {
+        "ate": ate,
+        "rot_err_med": float(np.median(rot_err)),
+        "rra15": float(rra(rot_err, 15.0)),
+        "points_err": points_err,
+        "abs_rel": float(depth_metrics(rec.depth, depths, valid, align="median")["abs_rel"]),
+        "inliers_min": min((c["fit"]["inliers"] for c in chunks[1:]), default=1.0),
+        "chunks": len(chunks) or 1,
+    }
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="pacegeo-tiny")
+    p.add_argument("--scenes", type=int, default=6)
+    p.add_argument("--frames", type=int, default=64)
+    p.add_argument("--chunks", nargs="+", default=["16:4", "32:8"], help="CHUNK:OVERLAP settings to run")
+    p.add_argument("--keep", type=float, nargs="+", default=[1.0, 0.5])
+    p.add_argument("--seed", type=int, default=SEED_BASE)
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--json", type=Path, required=True)
+    p.add_argument("--md", type=Path, default=None)
+    args = p.parse_args(argv)
+    from pacegeo import Pipeline
+
+    pipe = Pipeline.from_pretrained(args.model, device="cpu", dtype=args.dtype)
+    height, width = pipe.prepare([np.zeros((300, 400, 3), np.uint8)]).image_hw
+    settings = [(None, None, "single")] + [
+        (int(c), int(o), align) for c, o in (s.split(":") for s in args.chunks) for align in ("points", "cameras")
+    ]
+    records = []
+    for i in range(args.scenes):
+        rgbs, depths, K, c2w = render_sequence(args.seed + i, args.frames, height, width)
+        prepared = pipe.prepare(list(rgbs))
+        assert prepared.image_hw == (height, width)
+        for keep in args.keep:
+            for chunk, overlap, align in settings:
+                start = time.perf_counter()
+                if chunk is None:
+                    rec = pipe.reconstruct(prepared, keep=keep, progress=False)
+                else:
+                    rec = reconstruct_in_chunks(pipe, prepared, chunk, overlap, keep, progress=False, align=align)
+                seconds = time.perf_counter() - start
+                row = {"scene": args.seed + i, "frames": args.frames, "keep": keep, "chunk": chunk, "overlap": overlap,
+                       "align": align, "seconds": seconds,
+                       "activations_estimate": pipe.estimate_memory(chunk or args.frames, (height, width), keep).activations,
+                       **sequence_metrics(rec, depths, K, c2w)}
+                records.append(row)
+                print(f"scene {row['scene']} keep {keep:g} {align:8s} chunk {chunk or args.frames:>3}/{overlap or 0:<2} "
+                      f"ATE {row['ate']:.3f}  rot {row['rot_err_med']:5.2f} deg  points {row['points_err']:.3f}  "
+                      f"AbsRel {row['abs_rel']:.3f}  inliers {row['inliers_min']:.2f}  {seconds:.1f} s", flush=True)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps({"model": args.model, "height": height, "width": width, "records": records}, indent=1) + "\n")
+    table = summary(records)
+    print("\n".join(table))
+    if args.md is not None:
+        args.md.write_text("\n".join(table) + "\n")
+    return 0
+
+
+def summary(records: list[dict]) -> list[str]:
+    """Medians over scenes per (keep, chunk, overlap, align)."""
+    keys = sorted({(r["keep"], r["chunk"] or 0, r["overlap"] or 0, r["align"]) for r in records}, key=lambda k: (-k[0], k[1], k[3]))
+    lines = [f"Median over {len({r['scene'] for r in records})} held-out SynthRooms scenes of {records[0]['frames']} frames.", "",
+             "| keep | chunk / overlap | alignment | ATE | rot. err. (deg) | RRA@15 | points err. | AbsRel | lowest inlier share | seconds | activations estimate (MiB) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for keep, chunk, overlap, align in keys:
+        rows = [r for r in records if (r["keep"], r["chunk"] or 0, r["overlap"] or 0, r["align"]) == (keep, chunk, overlap, align)]
+
+        def med(name):
+            return float(np.median([r[name] for r in rows]))
+
+        setting = "one pass" if not chunk else f"{chunk} / {overlap}"
+        lines.append(f"| {keep:g} | {setting} | {align} | {med('ate'):.3f} | {med('rot_err_med'):.2f} | {med('rra15'):.3f} | "
+                     f"{med('points_err'):.3f} | {med('abs_rel'):.3f} | {med('inliers_min'):.2f} | {med('seconds'):.1f} | "
+                     f"{med('activations_estimate') / 2**20:.0f} |")
+    return lines
+
+
+if __name__ == "__main__":
+    sys.exit(main())
