@@ -17,6 +17,8 @@ default) or, for comparison, by their camera centres alone (``cameras``). Report
 
     python eval/chunked.py --scenes 6 --frames 64 --chunks 16:4 32:8 --keep 1 0.5 \\
         --json eval/results/chunked_synthrooms.json --md eval/results/chunked_synthrooms.md
+    python eval/chunked.py --scenes 6 --frames 64 --chunks 12:3 --keep 0.5 --out-and-back \\
+        --json eval/results/chunked_loops_synthrooms.json --md eval/results/chunked_loops_synthrooms.md
 """
 
 from __future__ import annotations
@@ -28,7 +30,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from pacegeo.data.stream import intrinsics_for_fov
 from pacegeo.data.synth import make_scene, make_trajectory, render_frame
@@ -39,10 +40,14 @@ from pacegeo.sequence import reconstruct_in_chunks
 SEED_BASE = 500_000  # held out: training scenes use seeds >= 1,000,000
 
 
-def render_sequence(seed: int, frames: int, height: int, width: int):
-    """``frames`` consecutive views of scene ``seed``'s default trajectory: RGB, depth, K, camera-to-world."""
+def render_sequence(seed: int, frames: int, height: int, width: int, out_and_back: bool = False):
+    """``frames`` consecutive views of scene ``seed``'s default trajectory: RGB, depth, K, camera-to-world.
+    ``out_and_back``: the first half of the path, then the same path walked back (a revisit)."""
     scene = make_scene(seed)
     traj = make_trajectory(scene, frames)[:frames]
+    if out_and_back:
+        half = make_trajectory(scene, (frames + 1) // 2)[: (frames + 1) // 2]
+        traj = np.concatenate([half, half[::-1]])[:frames]
     K = intrinsics_for_fov(scene.fov_deg, height, width)
     rgbs, depths = zip(*(render_frame(scene, pose, K, width, height, frame_index=i) for i, pose in enumerate(traj)))
     return np.stack(rgbs), np.stack(depths), K, np.asarray(traj, np.float64)
@@ -78,6 +83,7 @@ def sequence_metrics(rec, depths: np.ndarray, K: np.ndarray, c2w: np.ndarray) ->
         "points_err": points_err,
         "abs_rel": float(depth_metrics(rec.depth, depths, valid, align="median")["abs_rel"]),
         "inliers_min": min((c["fit"]["inliers"] for c in chunks[1:]), default=1.0),
+        "loops_accepted": sum(r["accepted"] for r in rec.pruning.get("loops", [])),
         "chunks": len(chunks) or 1,
     }
 
@@ -91,6 +97,8 @@ def main(argv=None) -> int:
     p.add_argument("--keep", type=float, nargs="+", default=[1.0, 0.5])
     p.add_argument("--seed", type=int, default=SEED_BASE)
     p.add_argument("--dtype", default="auto")
+    p.add_argument("--out-and-back", action="store_true",
+                   help="walk each path out and back (a revisit), and add loop closure (align 'points+loops')")
     p.add_argument("--json", type=Path, required=True)
     p.add_argument("--md", type=Path, default=None)
     args = p.parse_args(argv)
@@ -98,12 +106,13 @@ def main(argv=None) -> int:
 
     pipe = Pipeline.from_pretrained(args.model, device="cpu", dtype=args.dtype)
     height, width = pipe.prepare([np.zeros((300, 400, 3), np.uint8)]).image_hw
+    aligns = ("points", "points+loops") if args.out_and_back else ("points", "cameras")
     settings = [(None, None, "single")] + [
-        (int(c), int(o), align) for c, o in (s.split(":") for s in args.chunks) for align in ("points", "cameras")
+        (int(c), int(o), align) for c, o in (s.split(":") for s in args.chunks) for align in aligns
     ]
     records = []
     for i in range(args.scenes):
-        rgbs, depths, K, c2w = render_sequence(args.seed + i, args.frames, height, width)
+        rgbs, depths, K, c2w = render_sequence(args.seed + i, args.frames, height, width, args.out_and_back)
         prepared = pipe.prepare(list(rgbs))
         assert prepared.image_hw == (height, width)
         for keep in args.keep:
@@ -111,6 +120,8 @@ def main(argv=None) -> int:
                 start = time.perf_counter()
                 if chunk is None:
                     rec = pipe.reconstruct(prepared, keep=keep, progress=False)
+                elif align == "points+loops":
+                    rec = pipe.reconstruct(prepared, keep=keep, progress=False, chunk=chunk, overlap=overlap, loops=True)
                 else:
                     rec = reconstruct_in_chunks(pipe, prepared, chunk, overlap, keep, progress=False, align=align)
                 seconds = time.perf_counter() - start

@@ -35,6 +35,7 @@ OPTIONS: dict[str, tuple[str, str]] = {
     "chunk": ("chunk", "--chunk"),
     "overlap": ("overlap", "--overlap"),
     "work_dir": ("work_dir", "--work-dir"),
+    "loops": ("loops=True", "--loops"),
     "scenes": ("num_scenes", "--scenes"),
     "size": ("width, height", "--size"),
 }

@@ -273,6 +273,7 @@ class Pipeline:
         chunk: int | None = None,
         overlap: int | None = None,
         work_dir: str | os.PathLike | None = None,
+        loops: bool = False,
     ) -> Reconstruction | None:
         """Reconstruct cameras, depth and points from images or a video.
 
@@ -295,6 +296,9 @@ class Pipeline:
                 resumes when rerun; required when the run is spread over processes with
                 ``accelerate launch``, where only process 0 returns the reconstruction (the others
                 return None).
+            loops: with ``chunk``, close loops: frames of distant chunks that the place-recognition
+                head finds alike are reconstructed together, and verified loops pull the chunks
+                into place through a robust Sim(3) pose graph (:mod:`pacegeo.sequence.loops`).
 
         Raises:
             InputError: bad inputs or options, or not enough memory (the message says what fits).
@@ -308,13 +312,19 @@ class Pipeline:
             prepared = images_or_paths_or_folder
         else:
             prepared = self.prepare(images_or_paths_or_folder, mode, frames, stride, fps, strict, progress)
-        if work_dir is not None and chunk is None:
-            raise InputError(f"{option('work_dir')} needs {option('chunk')}")
+        if (work_dir is not None or loops) and chunk is None:
+            raise InputError(f"{option('work_dir') if work_dir is not None else option('loops')} needs {option('chunk')}")
         if chunk is not None and (chunk < len(prepared) or work_dir is not None):
             from pacegeo.sequence import reconstruct_in_chunks
 
+            descriptors = None
+            if loops:
+                from pacegeo.localize.extractors import vpr_extractor
+
+                extractor = vpr_extractor(self)[0]
+                descriptors = extractor.describe(prepared.images, keep=keep).numpy()
             return reconstruct_in_chunks(self, prepared, chunk, overlap, keep, seed, progress, check_memory,
-                                         work_dir=work_dir)
+                                         work_dir=work_dir, loop_descriptors=descriptors)
         frames_count = len(prepared)
         image_hw = prepared.image_hw
         loaded = prepared.images.numel() * prepared.images.element_size()

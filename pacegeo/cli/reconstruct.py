@@ -82,6 +82,8 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
         check_chunking(args.chunk, args.overlap)
         if args.work_dir is not None and args.chunk is None:
             raise InputError("--work-dir needs --chunk")
+        if args.loops and args.chunk is None:
+            raise InputError("--loops needs --chunk")
         rank, world = process_layout()
         if world > 1 and (args.chunk is None or args.work_dir is None):
             raise InputError(f"a run spread over {world} processes needs --chunk and a --work-dir they all share")
@@ -128,6 +130,7 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
         rec = pipe.reconstruct(
             prepared, keep=keep, seed=args.seed, check_memory=not args.no_memory_check,
             progress=False if args.quiet else None, chunk=args.chunk, overlap=args.overlap, work_dir=args.work_dir,
+            loops=args.loops,
         )
         if rec is None:  # a process of a multi-process run other than the first: its chunks are done
             return 0
@@ -162,6 +165,9 @@ def _print_summary(rec, description: str, points: int, total_seconds: float) -> 
         worst = min(c["fit"]["inliers"] for c in chunks[1:])
         print(f"in {len(chunks)} chunks of up to {chunks[0]['end']} frames ({shared} shared), "
               f"aligned on their shared frames' points (lowest inlier share {100 * worst:.0f}%)")
+        if "loops" in rec.pruning:
+            accepted = sum(r["accepted"] for r in rec.pruning["loops"])
+            print(f"loop closure: {accepted} of {len(rec.pruning['loops'])} candidate loops verified and applied")
     if rec.skipped:
         print(f"skipped {len(rec.skipped)} unreadable input(s): " + ", ".join(_file_name(s[0]) for s in rec.skipped))
     others = kept[1:] or kept
@@ -236,6 +242,8 @@ def add_reconstruct_parser(sub) -> None:
     p.add_argument("--work-dir", default=None, metavar="DIR",
                    help="with --chunk: keep finished chunks in DIR so that a failed run resumes when rerun "
                         "(required under accelerate launch, shared by its processes)")
+    p.add_argument("--loops", action="store_true",
+                   help="with --chunk: close loops between distant chunks found by place recognition")
     p.add_argument("--seed", type=int, default=0, help="seed of any randomness (random pruning, point subsets)")
     p.add_argument("--no-memory-check", action="store_true", help="skip the memory preflight")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars, notes or summary (errors and warnings still shown)")

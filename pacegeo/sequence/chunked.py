@@ -22,7 +22,7 @@ from pacegeo.geometry.transforms import invert_se3
 from pacegeo.progress import progress_bar, progress_enabled
 from pacegeo.sequence.align import PointFit, fit_cameras_sim3, fit_points_sim3
 from pacegeo.precision import dtype_name
-from pacegeo.sequence.spans import chunk_spans
+from pacegeo.sequence.spans import chunk_spans, subset
 from pacegeo.sequence.store import ChunkStore, process_layout, run_key
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -32,19 +32,13 @@ if TYPE_CHECKING:  # pragma: no cover
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["IDENTITY", "reconstruct_in_chunks", "stitch", "subset"]
+__all__ = ["IDENTITY", "reconstruct_in_chunks", "stitch"]
 
 IDENTITY = PointFit(1.0, np.eye(3), np.zeros(3), 0, 1.0, 0.0, True)
 
 #: Per-frame arrays of a Reconstruction, stitched frame by frame.
 _FRAME_ARRAYS = ("depth", "depth_conf", "world_points", "world_points_conf", "points_from_depth", "colors",
                  "valid_mask", "extrinsics", "intrinsics", "intrinsics_original", "image_size")
-
-
-def subset(prepared: "PreparedInputs", start: int, end: int) -> "PreparedInputs":
-    """Frames ``[start, end)`` of prepared inputs."""
-    return replace(prepared, images=prepared.images[start:end], transforms=list(prepared.transforms[start:end]),
-                   names=list(prepared.names[start:end]), skipped=[])
 
 
 def _placed(rec: "Reconstruction", frames: np.ndarray, fit: PointFit) -> dict[str, np.ndarray]:
@@ -108,6 +102,7 @@ def reconstruct_in_chunks(
     check_memory: bool = True,
     align: str = "points",
     work_dir: str | os.PathLike | None = None,
+    loop_descriptors: np.ndarray | None = None,
 ) -> "Reconstruction | None":
     """One :class:`Reconstruction` of all frames of ``prepared``, made chunk by chunk.
 
@@ -121,6 +116,9 @@ def reconstruct_in_chunks(
         work_dir: keep finished chunks here (:class:`ChunkStore`): a failed or killed run resumes
             from them when rerun, and the processes of ``accelerate launch`` share their chunks
             through it (required then). Cleared after a successful stitch.
+        loop_descriptors: ``[S, D]`` place-recognition descriptors of the frames: close loops
+            after stitching (:func:`pacegeo.sequence.loops.close_loops`; each verified candidate
+            is listed in ``pruning["loops"]``). None: no loop closure.
 
     Under ``accelerate launch`` (or ``torchrun``) with ``N`` processes, process ``r`` reconstructs
     chunks ``r, r + N, ...``; process 0 then stitches all of them and returns the result, which is
@@ -144,7 +142,7 @@ def reconstruct_in_chunks(
     def run(index: int) -> "Reconstruction":
         start, end = spans[index]
         try:
-            rec = pipeline.reconstruct(subset(prepared, start, end), keep=keep, seed=seed, progress=False,
+            rec = pipeline.reconstruct(subset(prepared, slice(start, end)), keep=keep, seed=seed, progress=False,
                                        check_memory=check_memory)
         except Exception as err:
             reason = str(err) if isinstance(err, PacegeoError) else f"{type(err).__name__}: {err}"
@@ -174,6 +172,10 @@ def reconstruct_in_chunks(
     else:
         results = (run(i) for i in progress_bar(range(len(spans)), show, desc="chunks", unit="chunk"))
     rec = _stitch(pipeline, prepared, spans, results, seed, align)
+    if loop_descriptors is not None and len(spans) > 2:
+        from pacegeo.sequence.loops import close_loops
+
+        rec.pruning["loops"] = close_loops(pipeline, prepared, rec, spans, loop_descriptors, keep, seed)
     if store is not None:
         store.clear()
     return rec

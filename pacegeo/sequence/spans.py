@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
 from pacegeo.errors import InputError, option
 from pacegeo.options import check_count
 
-__all__ = ["check_chunking", "chunk_spans", "default_overlap"]
+if TYPE_CHECKING:  # pragma: no cover
+    from pacegeo.io.inputs import PreparedInputs
+
+__all__ = ["check_chunking", "chunk_spans", "default_overlap", "subset"]
 
 
 def check_chunking(chunk: object, overlap: object) -> tuple[int | None, int | None]:
@@ -41,3 +47,11 @@ def chunk_spans(count: int, chunk: int | None, overlap: int | None = None) -> li
         raise InputError(f"{option('overlap')} must be at least 1 and smaller than {option('chunk')} ({chunk}), got {overlap}")
     step = chunk - overlap
     return [(start, min(start + chunk, count)) for start in range(0, count - overlap, step)]
+
+
+def subset(prepared: "PreparedInputs", frames) -> "PreparedInputs":
+    """The prepared inputs of ``frames`` (a slice or a list of indices), in that order."""
+    index = list(range(len(prepared)))[frames] if isinstance(frames, slice) else [int(f) for f in frames]
+    images = prepared.images[frames] if isinstance(frames, slice) else prepared.images[index]  # a slice stays a view
+    return replace(prepared, images=images, transforms=[prepared.transforms[i] for i in index],
+                   names=[prepared.names[i] for i in index], skipped=[])
