@@ -132,10 +132,21 @@ def clip_metrics(out: dict, clip: dict[str, torch.Tensor], max_points: int = 200
 
 def build_runner(backbone, spec: str, learned_coverage: float | None = None):
     """``spec``: ``none``, a pruner name of :func:`pacegeo.models.build_pruner` (``training-free``,
-    ``random``, ``grid``, ``learned``), or ``NAME=PATH`` of a pruner file (loaded with
-    ``learned_coverage`` when given, else with the value saved in the file)."""
+    ``random``, ``grid``, ``learned``), ``NAME=PATH`` of a pruner file (loaded with
+    ``learned_coverage`` when given, else with the value saved in the file), or ``fastvggt``: no
+    pruning, tokens merged inside global attention (:mod:`pacegeo.pruning.global_merge`) with a
+    merge ratio of ``1 - keep``."""
     if spec == "none":
         return "none", lambda images, keep: backbone(images)
+    if spec == "fastvggt":
+        from pacegeo.pruning.global_merge import GlobalMergeConfig, global_merging
+
+        def merged(images, keep):
+            config = GlobalMergeConfig(ratio=1.0 - keep) if keep < 1.0 else None
+            with global_merging(backbone.aggregator, config, images.shape[1], images.shape[-1] // 14):
+                return backbone(images)
+
+        return "fastvggt", merged
     from pacegeo.models import build_pruner
     from pacegeo.pruning.checkpoint import load_pruner
 

@@ -36,6 +36,7 @@ OPTIONS: dict[str, tuple[str, str]] = {
     "overlap": ("overlap", "--overlap"),
     "work_dir": ("work_dir", "--work-dir"),
     "loops": ("loops=True", "--loops"),
+    "global_merge": ("global_merge", "--global-merge"),
     "scenes": ("num_scenes", "--scenes"),
     "size": ("width, height", "--size"),
 }

@@ -35,6 +35,7 @@ from pacegeo.models import TINY_NOTICE, ModelChoice, build_pruner, resolve_devic
 from pacegeo.options import check_keep, check_seed
 from pacegeo.sequence.spans import check_chunking
 from pacegeo.precision import dtype_name, resolve_dtype
+from pacegeo.pruning.global_merge import GlobalMergeConfig, global_merging
 from pacegeo.progress import progress_bar, progress_enabled
 from pacegeo.system import peak_rss_bytes, rss_bytes
 from pacegeo.reconstruction import DEFAULT_CONF_PERCENTILE, EXPORT_FORMATS, Reconstruction, check_point_filter, export_spec
@@ -106,6 +107,8 @@ class Pipeline:
         self.load_seconds = float(load_seconds)
         self.pruner_path = None if pruner_path is None else Path(pruner_path)
         self.map_store = None  # the map of the last build_map / load_map, for localize
+        #: token merging inside global attention (FastVGGT-style), on top of any pruning; None: off
+        self.global_merge: GlobalMergeConfig | None = None
 
     @property
     def config(self):
@@ -129,6 +132,7 @@ class Pipeline:
         device: str | torch.device = "auto",
         dtype: str | torch.dtype | None = "auto",
         target_size: int | None = None,
+        global_merge: float = 0.0,
     ) -> "Pipeline":
         """Load a backbone and a pruner.
 
@@ -146,6 +150,9 @@ class Pipeline:
                 instructions, else float32; or float32/bfloat16/float16).
             target_size: inference width (crop) or longer side (pad); default from the checkpoint's
                 ``preprocess`` metadata, else 518.
+            global_merge: share of tokens merged inside every global-attention block
+                (:mod:`pacegeo.pruning.global_merge`, training-free, after FastVGGT); 0 is off. It
+                combines with ``keep`` (pre-AA pruning first, then merging in the global blocks).
 
         Raises:
             CheckpointError: weights not found, unreadable or of the wrong architecture.
@@ -165,7 +172,11 @@ class Pipeline:
         backbone.requires_grad_(False)
 
         pace, pruner_path = build_pruner(backbone, pruner, amp)
-        return cls(
+        try:
+            merge = GlobalMergeConfig(ratio=float(global_merge)) if global_merge else None
+        except (TypeError, ValueError):
+            raise InputError(f"{option('global_merge')} must be a number in [0, 1), got {global_merge!r}") from None
+        pipe = cls(
             backbone,
             pruner=pace,
             device=resolved_device,
@@ -177,6 +188,8 @@ class Pipeline:
             load_seconds=time.perf_counter() - start,
             pruner_path=pruner_path,
         )
+        pipe.global_merge = merge
+        return pipe
 
     # -- memory -----------------------------------------------------------------------------------
 
@@ -371,7 +384,9 @@ class Pipeline:
             bar.update(1)
             bar.set_postfix_str(stage)
 
-        with bar, listen_stages(finished), torch.random.fork_rng(devices=fork_devices):
+        grid_w = images.shape[-1] // 14 if self.pruner is None or keep >= 1.0 else None  # 2-D cells on a full grid
+        merging = global_merging(self.backbone.aggregator, self.global_merge, images.shape[0], grid_w)
+        with bar, listen_stages(finished), merging, torch.random.fork_rng(devices=fork_devices):
             torch.manual_seed(seed)
             start = time.perf_counter()
             if self.pruner is not None:

@@ -80,6 +80,8 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
         for name in ("frames", "stride", "max_points"):
             check_count(getattr(args, name), name)
         check_chunking(args.chunk, args.overlap)
+        if not (isinstance(args.global_merge, float) and 0.0 <= args.global_merge < 1.0):
+            raise InputError(f"--global-merge must be in [0, 1), got {args.global_merge:g}")
         if args.work_dir is not None and args.chunk is None:
             raise InputError("--work-dir needs --chunk")
         if args.loops and args.chunk is None:
@@ -121,7 +123,7 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
             progress=False if args.quiet else None,
         )
         pipe = Pipeline.from_pretrained(
-            choice, pruner=pruner, device=process_device(args.device), target_size=args.target_size or choice.target_size, dtype=args.dtype
+            choice, pruner=pruner, device=process_device(args.device), global_merge=args.global_merge, target_size=args.target_size or choice.target_size, dtype=args.dtype
         )
         if pipe.notice and not args.quiet and rank == 0:
             print(f"pacegeo: note: {pipe.notice}", file=sys.stderr)
@@ -242,6 +244,9 @@ def add_reconstruct_parser(sub) -> None:
     p.add_argument("--work-dir", default=None, metavar="DIR",
                    help="with --chunk: keep finished chunks in DIR so that a failed run resumes when rerun "
                         "(required under accelerate launch, shared by its processes)")
+    p.add_argument("--global-merge", type=float, default=0.0, metavar="R",
+                   help="also merge this share of tokens inside every global-attention block (training-free, "
+                        "after FastVGGT; e.g. 0.9); 0 = off (default)")
     p.add_argument("--loops", action="store_true",
                    help="with --chunk: close loops between distant chunks found by place recognition")
     p.add_argument("--seed", type=int, default=0, help="seed of any randomness (random pruning, point subsets)")

@@ -67,6 +67,7 @@ def run_key(pipeline: "Pipeline", prepared: "PreparedInputs", spans: list[tuple[
     digest.update(json.dumps({
         "backbone": backbone_fingerprint(pipeline.backbone), "pruner": pruner, "mode": pipeline.pruner_mode,
         "keep": keep, "seed": seed, "dtype": str(pipeline.amp_dtype), "spans": spans, "names": list(prepared.names),
+        "global_merge": repr(getattr(pipeline, "global_merge", None)),
     }, sort_keys=True).encode())
     return digest.hexdigest()[:16]
 
