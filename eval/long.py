@@ -136,7 +136,11 @@ def main(argv=None) -> int:
     p.add_argument("--plot", type=Path, default=None)
     p.add_argument("--probe", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--probe-one-pass", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--replot", type=Path, default=None, help="only redraw --plot from this results JSON")
     args = p.parse_args(argv)
+    if args.replot is not None and args.plot is not None:
+        plot(json.loads(args.replot.read_text()), args.plot)
+        return 0
     if args.probe is not None:
         return probe(args)
     if args.json is None:
@@ -228,14 +232,14 @@ def plot(report: dict, path: Path) -> None:
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.5))
     traj = report["trajectories"]
     truth = np.asarray(traj["ground truth"])
-    ax.plot(truth[:, 0], truth[:, 2], "k-", lw=2, label="ground truth")
+    ax.plot(truth[:, 0], truth[:, 1], "k-", lw=2, label="ground truth")  # SynthRooms worlds are z-up
     for name, style in (("one pass", "C0-"), ("chunked", "C1-"), ("chunked + loops", "C2-")):
         if name in traj:
             got = np.asarray(traj[name])
             s, R, t = umeyama(got, truth)
             aligned = s * got @ R.T + t
-            ax.plot(aligned[:, 0], aligned[:, 2], style, lw=1, label=name)
-    ax.set_title(f"{len(truth)} frames, top view (x, z), after Sim(3)")
+            ax.plot(aligned[:, 0], aligned[:, 1], style, lw=1, label=name)
+    ax.set_title(f"{len(truth)} frames, top view (x, y), after Sim(3)")
     ax.set_aspect("equal")
     ax.legend(fontsize=8)
     for one_pass, style, label in ((False, "C1o-", "chunked"), (True, "C0s-", "one pass")):
