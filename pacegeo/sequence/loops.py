@@ -128,13 +128,30 @@ def verify_loop(joint: "Reconstruction", first: np.ndarray, second: np.ndarray, 
     return overlap >= min_overlap, overlap, measurement
 
 
-def _to_params(matrix: np.ndarray) -> np.ndarray:
-    s = float(np.cbrt(np.linalg.det(matrix[:3, :3])))
-    return np.r_[Rotation.from_matrix(matrix[:3, :3] / s).as_rotvec(), matrix[:3, 3], np.log(s)]
+def _matrices(params: np.ndarray) -> np.ndarray:
+    """``[K, 7]`` (rotation vector, translation, log scale) -> ``[K, 4, 4]`` Sim(3) matrices."""
+    out = np.tile(np.eye(4), (len(params), 1, 1))
+    out[:, :3, :3] = np.exp(params[:, 6])[:, None, None] * Rotation.from_rotvec(params[:, :3]).as_matrix()
+    out[:, :3, 3] = params[:, 3:6]
+    return out
 
 
-def _to_matrix(params: np.ndarray) -> np.ndarray:
-    return sim3_matrix(float(np.exp(params[6])), Rotation.from_rotvec(params[:3]).as_matrix(), params[3:6])
+def _logs(matrices: np.ndarray, unit: float) -> np.ndarray:
+    """``[K, 4, 4]`` Sim(3) -> ``[K, 7]`` residual vectors (rotation vector, translation / ``unit``, log scale)."""
+    s = np.cbrt(np.linalg.det(matrices[:, :3, :3]))
+    rotvec = Rotation.from_matrix(matrices[:, :3, :3] / s[:, None, None]).as_rotvec()
+    return np.concatenate([rotvec, matrices[:, :3, 3] / unit, np.log(s)[:, None]], axis=1)
+
+
+def _inverse(matrices: np.ndarray) -> np.ndarray:
+    """Inverse of ``[K, 4, 4]`` Sim(3) matrices (``[[sR, t], [0, 1]]`` -> ``[[R^T / s, -R^T t / s], [0, 1]]``)."""
+    sr = matrices[:, :3, :3]
+    s2 = np.einsum("kij,kij->k", sr, sr) / 3.0  # |sR|_F^2 = 3 s^2
+    inv_sr = np.swapaxes(sr, 1, 2) / s2[:, None, None]
+    out = np.tile(np.eye(4), (len(matrices), 1, 1))
+    out[:, :3, :3] = inv_sr
+    out[:, :3, 3] = -np.einsum("kij,kj->ki", inv_sr, matrices[:, :3, 3])
+    return out
 
 
 def optimise_chunks(chunks: int, loops: list[Loop], scene_scale: float, loop_weight: float = 1.0,
@@ -143,28 +160,57 @@ def optimise_chunks(chunks: int, loops: list[Loop], scene_scale: float, loop_wei
 
     Residuals: ``log(X_{c-1}^-1 X_c)`` for neighbouring chunks (they stay as stitched) and
     ``log(Z^-1 X_a^-1 X_b)`` for each loop's measurement ``Z``, translations in units of
-    ``scene_scale``, with a Cauchy loss of scale ``f_scale``."""
+    ``scene_scale``, with a Cauchy loss of scale ``f_scale``. Every residual depends on two chunks
+    only, so the finite-difference Jacobian perturbs chunks that share no residual together: a few
+    residual evaluations per Jacobian, whatever the number of chunks."""
     if not loops or chunks < 2:
         return [np.eye(4) for _ in range(chunks)]
     unit = max(scene_scale, 1e-12)
+    first = np.r_[np.arange(chunks - 1), [loop.a for loop in loops]]
+    second = np.r_[np.arange(1, chunks), [loop.b for loop in loops]]
+    measured_inv = _inverse(np.stack([np.eye(4)] * (chunks - 1) + [loop.measurement for loop in loops]))
+    weights = np.r_[np.ones(chunks - 1), np.full(len(loops), loop_weight)][:, None]
 
-    def residual(matrix: np.ndarray) -> np.ndarray:
-        s = float(np.cbrt(np.linalg.det(matrix[:3, :3])))
-        return np.r_[Rotation.from_matrix(matrix[:3, :3] / s).as_rotvec(), matrix[:3, 3] / unit, np.log(s)]
-
-    def poses(x: np.ndarray) -> list[np.ndarray]:
-        return [np.eye(4)] + [_to_matrix(p) for p in x.reshape(chunks - 1, 7)]
+    def poses(x: np.ndarray) -> np.ndarray:
+        return np.concatenate([np.eye(4)[None], _matrices(x.reshape(chunks - 1, 7))])
 
     def residuals(x: np.ndarray) -> np.ndarray:
         X = poses(x)
-        out = [residual(np.linalg.inv(X[c - 1]) @ X[c]) for c in range(1, chunks)]
-        out += [loop_weight * residual(np.linalg.inv(loop.measurement) @ np.linalg.inv(X[loop.a]) @ X[loop.b]) for loop in loops]
-        return np.concatenate(out)
+        relative = measured_inv @ _inverse(X[first]) @ X[second]
+        return (weights * _logs(relative, unit)).ravel()
 
-    x0 = np.zeros((chunks - 1) * 7)
-    x0[6::7] = 0.0
-    solution = least_squares(residuals, x0, loss="cauchy", f_scale=f_scale)
-    return poses(solution.x)
+    # Finite differences by colour: nodes that share no residual are perturbed together, so a
+    # Jacobian costs (colours x 7) residual evaluations; the dense trust-region solve stays exact.
+    touching = [set() for _ in range(chunks)]
+    for row, (a, b) in enumerate(zip(first, second)):
+        touching[a].add(row)
+        touching[b].add(row)
+    neighbours = [set() for _ in range(chunks)]
+    for a, b in zip(first, second):
+        neighbours[a].add(b)
+        neighbours[b].add(a)
+    colour = np.full(chunks, -1)
+    for node in range(1, chunks):
+        used = {colour[n] for n in neighbours[node]}
+        colour[node] = next(c for c in range(chunks) if c not in used)
+    step = 1e-6
+
+    def jacobian(x: np.ndarray) -> np.ndarray:
+        base = residuals(x).reshape(-1, 7)
+        jac = np.zeros((base.size, x.size))
+        for c in range(int(colour.max()) + 1):
+            nodes = np.flatnonzero(colour == c)
+            for k in range(7):
+                moved = x.copy()
+                moved[(nodes - 1) * 7 + k] += step
+                diff = (residuals(moved).reshape(-1, 7) - base) / step
+                for node in nodes:
+                    rows = sorted(touching[node])
+                    jac[np.add.outer(np.array(rows) * 7, np.arange(7)).ravel(), (node - 1) * 7 + k] = diff[rows].ravel()
+        return jac
+
+    solution = least_squares(residuals, np.zeros((chunks - 1) * 7), jac=jacobian, loss="cauchy", f_scale=f_scale)
+    return list(poses(solution.x))
 
 
 def apply_corrections(rec: "Reconstruction", owner: np.ndarray, corrections: list[np.ndarray]) -> None:
