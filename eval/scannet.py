@@ -63,6 +63,8 @@ COLUMNS = (
     common.Column("corrected_are", "ARE° (corrected)", ".3f"),
     common.Column("depth_abs_rel", "depth AbsRel"),
     common.Column("depth_delta_1_25", "depth δ<1.25", ".4f", lower_is_better=False),
+    common.Column("rot_dev_med", "rot. dev.° from keep 1", ".3f"),
+    common.Column("depth_dev_med", "depth dev. from keep 1"),
 )
 FRONTIER = (COLUMNS[0], COLUMNS[6])
 

@@ -48,6 +48,8 @@ COLUMNS = (
     common.Column("comp_med", "Comp med"),
     common.Column("nc", "NC", ".4f", lower_is_better=False),
     common.Column("nc_med", "NC med", ".4f", lower_is_better=False),
+    common.Column("rot_dev_med", "rot. dev.° from keep 1", ".3f"),
+    common.Column("depth_dev_med", "depth dev. from keep 1"),
 )
 FRONTIER = (COLUMNS[0], COLUMNS[4])
 

@@ -89,8 +89,16 @@ class ProtocolRun:
         (protocol, scene, model, pruner, keep, frames, input size, device, ``config``, pruning
         statistics, then the score's entries) is written as JSON. The first timed pass of each keep
         follows ``--warmup`` untimed ones.
+
+        Every record also holds the run's fidelity to the unpruned model on the same frames
+        (:func:`pacegeo.fidelity.fidelity`: ``rot_dev_med``, ``trans_dev_med``, ``depth_dev_med``,
+        ``points_dev``; zeros at keep 1): the keep-1 prediction is computed once per scene (untimed
+        when keep 1 is not among the keeps).
         """
-        for keep in self.keeps:
+        from pacegeo.fidelity import fidelity
+
+        reference: Prediction | None = None
+        for keep in sorted(self.keeps, reverse=True):
             path = scene_file(self.runs[keep], scene)
             if path.exists():
                 continue
@@ -98,8 +106,16 @@ class ProtocolRun:
                 self.model, prepared.images, keep, warmup=0 if keep in self._warmed else self._warmup
             )
             self._warmed.add(keep)
-            result = score(outputs_to_prediction(outputs, prepared.image_hw))
+            prediction = outputs_to_prediction(outputs, prepared.image_hw)
+            if keep >= 1.0:
+                reference = prediction
+            elif reference is None:
+                with torch.inference_mode():
+                    reference = outputs_to_prediction(timed_forward(self.model, prepared.images, 1.0)[0], prepared.image_hw)
+            result = score(prediction)
             result["metrics"]["latency_ms"] = latency
+            result["metrics"].update(fidelity(prediction.depth, prediction.extrinsics, prediction.intrinsics,
+                                              reference.depth, reference.extrinsics, reference.intrinsics))
             for err in result["errors"]:
                 print(f"warning: {scene} keep {keep:g}: {err}", file=sys.stderr)
             record = {
