@@ -17,11 +17,14 @@ search (faiss ``IndexFlatIP``) on L2-normalised descriptors.
 
 Heads: ``trained`` (the VPR checkpoint ``--vpr``; its learned token scorer by default), ``gem``
 and ``vlad`` (training-free; VLAD fits its vocabulary on the database images, unpruned, before
-timing; both rank tokens by the training-free distinctiveness rule by default). ``ms_per_image``
+timing; both rank tokens by the training-free distinctiveness rule by default), and ``pixels``
+(no model: each image as 64x48 grey levels, zero-mean, unit-norm; one row at keep 1), the baseline
+a trained head must beat. ``ms_per_image``
 is the descriptor-extraction time per image (database and queries, batches of ``--batch``,
 image loading excluded).
 
-JSON output: one record per (head, keep) with ``R@1 R@5 R@10 R@20`` (fractions), ``head``,
+JSON output: one record per (head, keep) with ``R@1 R@5 R@10 R@20`` (fractions), ``R@1_ci95``
+(a 95% bootstrap interval over queries), ``head``,
 ``keep``, ``scoring``, ``ms_per_image``, ``dataset``, ``model``, ``size``, ``num_database``,
 ``num_queries``, ``gt`` (ground-truth style) and ``descriptor_dim``.
 """
@@ -45,7 +48,7 @@ from pacegeo.vpr.head import GeMConfig, GeMHead, VLADConfig, VLADHead
 from pacegeo.vpr.index import DescriptorIndex
 from pacegeo.vpr.recall import DEFAULT_NS, positives_for_folders, recall_at_n
 
-HEADS = ("trained", "gem", "vlad")
+HEADS = ("trained", "gem", "vlad", "pixels")
 
 
 def parse_args(argv=None):
@@ -123,12 +126,43 @@ def build_synthrooms(folder: Path, args) -> None:
           f"{len(places.queries)} queries ({no_pos} without a positive) in {time.perf_counter() - start:.0f} s")
 
 
+def pixel_descriptors(images: torch.Tensor, size: tuple[int, int] = (48, 64)) -> torch.Tensor:
+    """The raw-pixel baseline: each image as grey levels at ``size`` (H, W), zero-mean, unit-norm."""
+    grey = images.float().mean(dim=1, keepdim=True)
+    small = torch.nn.functional.interpolate(grey, size=size, mode="area").flatten(1)
+    small = small - small.mean(dim=1, keepdim=True)
+    return torch.nn.functional.normalize(small, dim=1)
+
+
+def recall1_interval(ids: np.ndarray, positives, n_boot: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95% bootstrap interval of R@1 over queries."""
+    hits = np.array([int(ids[q, 0]) in set(np.asarray(positives[q]).tolist()) for q in range(len(ids))], dtype=float)
+    rng = np.random.default_rng(seed)
+    means = hits[rng.integers(0, len(hits), size=(n_boot, len(hits)))].mean(axis=1)
+    return float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
+
+
 def timed_describe(extractor: DescriptorExtractor, images: torch.Tensor, keep: float, batch: int) -> tuple[torch.Tensor, float]:
     start = time.perf_counter()
     desc = extractor.describe(images, keep, batch_size=batch)
     if images.device.type == "cuda":
         torch.cuda.synchronize()
     return desc, time.perf_counter() - start
+
+
+def score_row(db: torch.Tensor, qs: torch.Tensor, db_files, positives, row: dict) -> dict:
+    """Recall of query descriptors ``qs`` against ``db`` (R@N and a bootstrap interval of R@1)."""
+    index = DescriptorIndex(db.shape[1])
+    index.add(db, names=[f.name for f in db_files])
+    _, ids = index.search(qs, max(DEFAULT_NS))
+    recall = recall_at_n(ids, positives, DEFAULT_NS)
+    low, high = recall1_interval(np.asarray(ids), positives)
+    row.update({f"R@{n}": round(v, 4) for n, v in recall.items()}, **{"R@1_ci95": [round(low, 4), round(high, 4)]},
+               descriptor_dim=int(db.shape[1]))
+    print(f"  {row['head']:8s} keep {row['keep']:4.2f} ({row['scoring']:15s}) R@1 {row['R@1']:.3f} "
+          f"[{low:.3f}, {high:.3f}]  R@5 {row['R@5']:.3f}  R@10 {row['R@10']:.3f}  R@20 {row['R@20']:.3f}  "
+          f"{row['ms_per_image']:7.2f} ms/img", flush=True)
+    return row
 
 
 def main(argv=None) -> int:
@@ -152,11 +186,19 @@ def main(argv=None) -> int:
 
         backbone = None
         model_name = args.model
-        if args.model is not None or any(h != "trained" for h in args.head):
+        if args.model is not None or any(h not in ("trained", "pixels") for h in args.head):
             model_name = args.model or "pacegeo-tiny"
             backbone = load_backbone(model_name, device=args.device)
         records = []
         for head_name in args.head:
+            if head_name == "pixels":  # no model: one row at keep 1
+                start = time.perf_counter()
+                db, qs = pixel_descriptors(db_images.cpu()), pixel_descriptors(q_images.cpu())
+                seconds = time.perf_counter() - start
+                records.append(score_row(db, qs, db_files, positives, dict(
+                    dataset=dataset, model="none", head="pixels", keep=1.0, scoring="none",
+                    ms_per_image=round(1000 * seconds / (len(db) + len(qs)), 3))))
+                continue
             if head_name == "trained":
                 meta = read_vpr_metadata(resolve_vpr(args.vpr))
                 extractor = load_vpr(args.vpr, backbone=backbone, device=args.device)
@@ -174,30 +216,13 @@ def main(argv=None) -> int:
             for keep in args.keep:
                 db, t_db = timed_describe(extractor, db_images, keep, args.batch)
                 qs, t_q = timed_describe(extractor, q_images, keep, args.batch)
-                index = DescriptorIndex(db.shape[1])
-                index.add(db, names=[f.name for f in db_files])
-                _, ids = index.search(qs, max(DEFAULT_NS))
-                recall = recall_at_n(ids, positives, DEFAULT_NS)
-                rec = {
-                    "dataset": dataset,
-                    "model": str(name),
-                    "head": head_name,
-                    "keep": keep,
-                    "scoring": extractor.scoring if keep < 1 else "none",
-                    **{f"R@{n}": round(v, 4) for n, v in recall.items()},
-                    "ms_per_image": round(1000 * (t_db + t_q) / (len(db) + len(qs)), 3),
-                    "size": list(db_images.shape[-2:]),
-                    "num_database": len(db_files),
-                    "num_queries": len(q_files),
-                    "gt": gt_style,
-                    "descriptor_dim": int(db.shape[1]),
-                    "device": str(args.device),
-                    "threads": torch.get_num_threads(),
-                }
-                records.append(rec)
-                print(f"  {head_name:8s} keep {keep:4.2f} ({rec['scoring']:15s}) "
-                      f"R@1 {rec['R@1']:.3f}  R@5 {rec['R@5']:.3f}  R@10 {rec['R@10']:.3f}  R@20 {rec['R@20']:.3f}  "
-                      f"{rec['ms_per_image']:7.2f} ms/img", flush=True)
+                records.append(score_row(db, qs, db_files, positives, dict(
+                    dataset=dataset, model=str(name), head=head_name, keep=keep,
+                    scoring=extractor.scoring if keep < 1 else "none",
+                    ms_per_image=round(1000 * (t_db + t_q) / (len(db) + len(qs)), 3))))
+        for rec in records:
+            rec.update(size=list(db_images.shape[-2:]), num_database=len(db_files), num_queries=len(q_files), gt=gt_style,
+                       device=str(args.device), threads=torch.get_num_threads())
     except PacegeoError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
