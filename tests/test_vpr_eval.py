@@ -1,0 +1,32 @@
+"""eval/vpr.py helpers: the raw-pixel baseline and the bootstrap interval of R@1."""
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from helpers import load_script
+
+vpr_eval = load_script(Path(__file__).resolve().parents[1] / "eval" / "vpr.py", "eval")
+
+
+def test_pixel_descriptors_are_unit_norm_and_ignore_brightness_offsets():
+    images = torch.rand(3, 3, 96, 128, generator=torch.Generator().manual_seed(0))
+    d = vpr_eval.pixel_descriptors(images)
+    assert d.shape == (3, 48 * 64) and torch.allclose(d.norm(dim=1), torch.ones(3), atol=1e-5)
+    brighter = vpr_eval.pixel_descriptors(images + 0.2)  # zero-mean: a global offset changes nothing
+    assert torch.allclose(d, brighter, atol=1e-5)
+    assert float(d[0] @ d[1]) < 0.5  # different random images are far apart
+
+
+def test_recall1_interval_brackets_the_recall_and_shrinks_with_queries():
+    rng = np.random.default_rng(0)
+    for n in (20, 400):
+        hit = rng.random(n) < 0.6
+        ids = np.where(hit, 0, 1)[:, None]
+        positives = [[0]] * n
+        low, high = vpr_eval.recall1_interval(ids, positives)
+        assert low <= hit.mean() <= high
+        if n == 20:
+            wide = high - low
+    assert high - low < wide / 3
