@@ -8,6 +8,8 @@
         --json out/vpr-gardens.json
     # a SynthRooms place set, rendered once into the folder (database/, queries/, ground_truth.npy)
     python eval/vpr.py --synthrooms out/synthrooms-places --json out/vpr-synth.json
+    # a posed 7-Scenes sequence: first half database, second half queries, positives by pose
+    python eval/vpr.py --sevenscenes ../shared/data/7scenes-redkitchen --json out/vpr-7scenes.json
 
 Ground truth: ``--gt`` (an ``.npy`` object array: VPR-Bench rows or one list per query), else UTM
 coordinates in the file names (``@east@north@...``, positives within ``--radius`` m), else index
@@ -65,6 +67,9 @@ def parse_args(argv=None):
     src.add_argument("--synth-queries", type=int, default=30, help="queries per SynthRooms room")
     src.add_argument("--synth-size", default="168x224", help="HxW of the rendered views")
     src.add_argument("--synth-seed", type=int, default=0)
+    src.add_argument("--sevenscenes", type=Path, default=None,
+                     help="a posed 7-Scenes sequence folder as a place set: its first half is the database, "
+                          "its second half the queries (see sevenscenes_places)")
     m = p.add_argument_group("model")
     m.add_argument("--model", default=None,
                    help="backbone name or path (default: the one the VPR checkpoint names; pacegeo-tiny otherwise)")
@@ -80,8 +85,8 @@ def parse_args(argv=None):
     m.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--json", type=Path, required=True, help="output records")
     args = p.parse_args(argv)
-    if args.synthrooms is None and (args.database is None or args.queries is None):
-        p.error("give --database and --queries, or --synthrooms DIR")
+    if args.synthrooms is None and args.sevenscenes is None and (args.database is None or args.queries is None):
+        p.error("give --database and --queries, --synthrooms DIR or --sevenscenes DIR")
     return args
 
 
@@ -124,6 +129,32 @@ def build_synthrooms(folder: Path, args) -> None:
     no_pos = sum(len(p) == 0 for p in places.positives)
     print(f"rendered a SynthRooms place set into {folder}: {len(places.database)} database views, "
           f"{len(places.queries)} queries ({no_pos} without a positive) in {time.perf_counter() - start:.0f} s")
+
+
+#: 7-Scenes place positives: camera centres within this distance (m) and optical axes within this angle (deg).
+SEVENSCENES_RADIUS, SEVENSCENES_ANGLE = 0.5, 30.0
+
+
+def sevenscenes_places(folder: Path) -> tuple[list[Path], list[Path], list[list[int]]]:
+    """A real place set from one posed 7-Scenes sequence: the first half of its frames is the
+    database, the second half (the camera coming back through the room) the queries. A database
+    frame is a positive of a query when their camera centres are within ``SEVENSCENES_RADIUS`` and
+    their optical axes within ``SEVENSCENES_ANGLE``; queries without a positive are left out."""
+    from pacegeo.data.sevenscenes import read_sevenscenes_sequence
+
+    seq = read_sevenscenes_sequence(folder, load_depth=False)
+    poses = np.asarray(seq.poses, np.float64)
+    half = len(poses) // 2
+    centres, axes = poses[:, :3, 3], poses[:, :3, 2]
+    db, queries, positives = [r.image_path for r in seq.records[:half]], [], []
+    for q in range(half, len(poses)):
+        near = np.linalg.norm(centres[:half] - centres[q], axis=1) <= SEVENSCENES_RADIUS
+        aligned = np.degrees(np.arccos(np.clip(axes[:half] @ axes[q], -1.0, 1.0))) <= SEVENSCENES_ANGLE
+        hits = np.flatnonzero(near & aligned)
+        if hits.size:
+            queries.append(seq.records[q].image_path)
+            positives.append(hits.tolist())
+    return db, queries, positives
 
 
 def pixel_descriptors(images: torch.Tensor, size: tuple[int, int] = (48, 64)) -> torch.Tensor:
@@ -175,10 +206,14 @@ def main(argv=None) -> int:
             args.database, args.queries = args.synthrooms / "database", args.synthrooms / "queries"
             args.gt = args.gt or args.synthrooms / "ground_truth.npy"
             dataset = args.dataset or f"synthrooms:{args.synthrooms.name}"
-        else:
+        elif args.sevenscenes is None:
             dataset = args.dataset or args.database.resolve().parent.name
-        db_files, q_files = list_image_files(args.database), list_image_files(args.queries)
-        positives, gt_style = positives_for_folders(db_files, q_files, args.gt, args.radius)
+        if args.sevenscenes is not None:
+            db_files, q_files, positives = sevenscenes_places(args.sevenscenes)
+            dataset, gt_style = args.dataset or f"7scenes:{args.sevenscenes.name}", "poses"
+        else:
+            db_files, q_files = list_image_files(args.database), list_image_files(args.queries)
+            positives, gt_style = positives_for_folders(db_files, q_files, args.gt, args.radius)
         db_images = load_images(db_files, mode="crop", target_size=args.size, strict=True).images.to(args.device)
         q_images = load_images(q_files, mode="crop", target_size=args.size, strict=True).images.to(args.device)
         print(f"{dataset}: {len(db_files)} database / {len(q_files)} query images at "

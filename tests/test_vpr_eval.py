@@ -30,3 +30,20 @@ def test_recall1_interval_brackets_the_recall_and_shrinks_with_queries():
         if n == 20:
             wide = high - low
     assert high - low < wide / 3
+
+
+def test_sevenscenes_place_set_follows_the_pose_thresholds(shared_dir):
+    from pacegeo.data.sevenscenes import read_sevenscenes_sequence
+
+    folder = shared_dir / "data" / "7scenes-redkitchen"
+    db, queries, positives = vpr_eval.sevenscenes_places(folder)
+    seq = read_sevenscenes_sequence(folder, load_depth=False)
+    poses = {r.image_path: r.cam_to_world for r in seq.records}
+    assert len(db) == len(seq) // 2 and 0 < len(queries) <= len(seq) - len(db) and len(positives) == len(queries)
+    assert not set(db) & set(queries)
+    for q, pos in zip(queries, positives):
+        for i, d in enumerate(db):
+            near = np.linalg.norm(poses[d][:3, 3] - poses[q][:3, 3]) <= vpr_eval.SEVENSCENES_RADIUS
+            cos = float(np.clip(poses[d][:3, 2] @ poses[q][:3, 2], -1, 1))
+            aligned = np.degrees(np.arccos(cos)) <= vpr_eval.SEVENSCENES_ANGLE
+            assert (i in pos) == (near and aligned)
