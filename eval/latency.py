@@ -62,6 +62,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--merge-ratio", type=float, default=0.5, help="fraction of pruned tokens merged, not dropped")
     p.add_argument("--ref-boost", type=float, default=1.0, help="reference-frame keep multiplier")
+    p.add_argument("--encoder-layer", type=int, default=None,
+                   help="prune inside the encoder after this many of its blocks (default: before the AA stack)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES,
                    help="autocast dtype of the forward (auto: pacegeo.precision.resolve_dtype, e.g. bf16 on CUDA)")
@@ -118,7 +120,8 @@ def build_pruner(backbone: VGGT, pruner: str, args) -> tuple[PaceVGGT | None, st
             scorer = TokenScorer(ScorerConfig.for_backbone(backbone))
             print("note: --pruner learned without a path uses an untrained scorer (same cost as a trained one)")
         pace = PaceVGGT(backbone, scorer=scorer, mode=PRUNER_MODES[pruner], **common)
-        return pace, pruner
+        pace.encoder_layer = args.encoder_layer
+        return pace, pruner + (f", pruned inside the encoder after block {args.encoder_layer}" if args.encoder_layer else "")
     pace = load_pruner(pruner, backbone, **common)
     return pace, f"{pace.mode} from {pruner}"
 
@@ -385,6 +388,7 @@ def main(argv=None) -> int:
             "height": height, "width": width, "device": str(device), "dtype": dtype,
             "threads": torch.get_num_threads(), "merge_ratio": args.merge_ratio, "ref_boost": args.ref_boost,
             "param_bytes": param_bytes, "repeats": args.repeats, "warmup": args.warmup,
+            "encoder_layer": args.encoder_layer,
         }
         if free is not None and need > 0.9 * free:
             error = (f"needs about {need / 2**30:.1f} GiB of activations, {free / 2**30:.1f} GiB free; "
@@ -411,7 +415,7 @@ def main(argv=None) -> int:
                 continue
             flops = forward_flops(config, frames, height, width, keep, batch=args.batch, mode=mode,
                                   scorer=scorer_cfg, restoration=rest_cfg, ref_boost=args.ref_boost,
-                                  merge_ratio=args.merge_ratio)
+                                  merge_ratio=args.merge_ratio, encoder_layer=args.encoder_layer)
             stats = result.pop("stats")
             stage_sum = sum(result["stage_s"].values()) or float("nan")
             record.update(

@@ -46,6 +46,7 @@ from pacegeo.pruning.budget import (
     validate_merge_ratio,
     validate_ref_boost,
 )
+from pacegeo.pruning.early import prune_inside_encoder
 from pacegeo.pruning.merge import TokenReduction, gather_tokens, reduce_tokens, straight_through_mask, topk_mask
 from pacegeo.pruning.restore import FeatureGuidedRestoration, RestorationConfig
 from pacegeo.pruning.stream import HEADS_CHUNK, default_chunk, streamed_heads
@@ -217,6 +218,8 @@ class PaceVGGT(nn.Module):
                 raise InputError(f"{name} must be a positive integer, got {value!r}")
         self.frames_chunk = frames_chunk or default_chunk(backbone)
         self.heads_chunk = heads_chunk or HEADS_CHUNK
+        #: prune inside the encoder after this many of its blocks (:mod:`pacegeo.pruning.early`); None: before the AA stack
+        self.encoder_layer: int | None = None
         device = next(backbone.parameters()).device
         self.restoration.to(device)
         if self.scorer is not None:
@@ -386,9 +389,14 @@ class PaceVGGT(nn.Module):
             return out
 
         with autocast(device, amp):
-            feats = self.embed(images)  # [B, S, N, C]
-            clock.mark("embed")
-            scores = self.score(feats, grid_hw)
+            if self.encoder_layer is None:
+                feats = self.embed(images)  # [B, S, N, C]
+                clock.mark("embed")
+                scores = self.score(feats, grid_hw)
+            else:  # the encoder's later layers already run on the kept tokens
+                feats, scores = prune_inside_encoder(agg, images, self.encoder_layer, counts,
+                                                     lambda mid: self.score(mid, grid_hw))
+                clock.mark("embed")
             clock.mark("scorer")
             reduction, budgets = self.reduce(feats, scores, counts, merge_ratio)
             with no_autocast(device):

@@ -131,10 +131,12 @@ def forward_flops(
     ref_boost: float = 1.0,
     merge_ratio: float = 0.5,
     restored_layers: int | None = None,
+    encoder_layer: int | None = None,
 ) -> dict[str, int]:
     """FLOPs per stage of one :class:`pacegeo.pace.PaceVGGT` forward (the plain backbone at ``keep=1``).
 
     ``restored_layers``: number of aggregator entries the heads read (default: from the config).
+    ``encoder_layer``: prune inside the encoder after this many blocks (:mod:`pacegeo.pruning.early`).
     Returns a dict over ``embed, scorer, select, aa, restoration, heads`` plus ``total``.
     """
     agg = config.aggregator
@@ -155,6 +157,13 @@ def forward_flops(
         "restoration": 0,
         "heads": heads_flops(config, batch, frames, grid_hw),
     }
+    dino = agg.resolved_dino()
+    if pruned and encoder_layer is not None and dino is not None:
+        late = dino.depth - encoder_layer
+        front = 1 + dino.num_register_tokens
+        full = block_flops(images, front + n, dino.embed_dim, dino.mlp_ratio, dino.ffn_layer)
+        short = sum(block_flops(batch, front + c, dino.embed_dim, dino.mlp_ratio, dino.ffn_layer) for c in counts)
+        out["embed"] -= late * (full - short)
     if pruned:
         if mode == "learned":
             out["scorer"] = scorer_flops(scorer or ScorerConfig(in_dim=agg.embed_dim), images * n)
