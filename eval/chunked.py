@@ -31,45 +31,20 @@ from pathlib import Path
 
 import numpy as np
 
-from pacegeo.data.stream import intrinsics_for_fov
-from pacegeo.data.synth import make_scene, make_trajectory, render_frame
+from pacegeo.evaluation.sequences import SynthSequence, out_and_back, render_sequence, scene_spread, true_points
 from pacegeo.geometry.transforms import invert_se3, umeyama
-from pacegeo.metrics import depth_metrics, relative_pose_errors, rra
+from pacegeo.metrics import ate, depth_metrics, relative_pose_errors, rra
 from pacegeo.sequence import reconstruct_in_chunks
 
 SEED_BASE = 500_000  # held out: training scenes use seeds >= 1,000,000
 
 
-def render_sequence(seed: int, frames: int, height: int, width: int, out_and_back: bool = False):
-    """``frames`` consecutive views of scene ``seed``'s default trajectory: RGB, depth, K, camera-to-world.
-    ``out_and_back``: the first half of the path, then the same path walked back (a revisit)."""
-    scene = make_scene(seed)
-    traj = make_trajectory(scene, frames)[:frames]
-    if out_and_back:
-        half = make_trajectory(scene, (frames + 1) // 2)[: (frames + 1) // 2]
-        traj = np.concatenate([half, half[::-1]])[:frames]
-    K = intrinsics_for_fov(scene.fov_deg, height, width)
-    rgbs, depths = zip(*(render_frame(scene, pose, K, width, height, frame_index=i) for i, pose in enumerate(traj)))
-    return np.stack(rgbs), np.stack(depths), K, np.asarray(traj, np.float64)
-
-
-def true_points(depths: np.ndarray, K: np.ndarray, c2w: np.ndarray) -> np.ndarray:
-    s, h, w = depths.shape
-    v, u = np.mgrid[0:h, 0:w]
-    rays = np.stack([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], np.ones((h, w))], -1)
-    return np.einsum("sij,shwj->shwi", c2w[:, :3, :3], rays[None] * depths[..., None]) + c2w[:, None, None, :3, 3]
-
-
-def sequence_metrics(rec, depths: np.ndarray, K: np.ndarray, c2w: np.ndarray) -> dict:
+def sequence_metrics(rec, seq: SynthSequence) -> dict:
+    depths, c2w = seq.depths, seq.cam_to_world
     pred_c2w = invert_se3(rec.extrinsics.astype(np.float64))
-    s, R, t = umeyama(pred_c2w[:, :3, 3], c2w[:, :3, 3])
-    centres = c2w[:, :3, 3]
-    spread = float(np.sqrt(np.mean(np.sum((centres - centres.mean(0)) ** 2, axis=1))))
-    mapped = s * pred_c2w[:, :3, 3] @ R.T + t
-    ate = float(np.sqrt(np.mean(np.sum((mapped - centres) ** 2, axis=1)))) / spread
     rot_err, _ = relative_pose_errors(invert_se3(pred_c2w), invert_se3(c2w))
     valid = depths > 0
-    gt = true_points(depths, K, c2w)[valid]
+    gt = true_points(seq)[valid]
     pts = rec.points_from_depth.astype(np.float64)[valid]
     pick = np.random.default_rng(0).choice(len(gt), min(20000, len(gt)), replace=False)
     ps, pR, pt = umeyama(pts[pick], gt[pick])  # the point cloud's own Sim(3) onto the truth
@@ -77,7 +52,7 @@ def sequence_metrics(rec, depths: np.ndarray, K: np.ndarray, c2w: np.ndarray) ->
     points_err = float(np.median(np.linalg.norm(ps * pts @ pR.T + pt - gt, axis=1))) / scene
     chunks = rec.pruning.get("chunks", [])
     return {
-        "ate": ate,
+        "ate": float(ate(pred_c2w, c2w)) / scene_spread(c2w),
         "rot_err_med": float(np.median(rot_err)),
         "rra15": float(rra(rot_err, 15.0)),
         "points_err": points_err,
@@ -112,8 +87,9 @@ def main(argv=None) -> int:
     ]
     records = []
     for i in range(args.scenes):
-        rgbs, depths, K, c2w = render_sequence(args.seed + i, args.frames, height, width, args.out_and_back)
-        prepared = pipe.prepare(list(rgbs))
+        walk = (lambda scene: out_and_back(scene, args.frames)) if args.out_and_back else None
+        seq = render_sequence(args.seed + i, args.frames, height, width, walk)
+        prepared = pipe.prepare(seq.rgbs)
         assert prepared.image_hw == (height, width)
         for keep in args.keep:
             for chunk, overlap, align in settings:
@@ -128,7 +104,7 @@ def main(argv=None) -> int:
                 row = {"scene": args.seed + i, "frames": args.frames, "keep": keep, "chunk": chunk, "overlap": overlap,
                        "align": align, "seconds": seconds,
                        "activations_estimate": pipe.estimate_memory(chunk or args.frames, (height, width), keep).activations,
-                       **sequence_metrics(rec, depths, K, c2w)}
+                       **sequence_metrics(rec, seq)}
                 records.append(row)
                 print(f"scene {row['scene']} keep {keep:g} {align:8s} chunk {chunk or args.frames:>3}/{overlap or 0:<2} "
                       f"ATE {row['ate']:.3f}  rot {row['rot_err_med']:5.2f} deg  points {row['points_err']:.3f}  "

@@ -32,8 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pacegeo.data.stream import intrinsics_for_fov
-from pacegeo.data.synth import make_scene, make_trajectory, render_frame
+from pacegeo.evaluation.sequences import SynthSequence, out_and_back, render_sequence, scene_spread
 from pacegeo.geometry.transforms import invert_se3
 from pacegeo.metrics import ate, rpe
 from pacegeo.sequence import reconstruct_in_chunks
@@ -41,36 +40,15 @@ from pacegeo.sequence import reconstruct_in_chunks
 SEED = 500_000
 
 
-def looping_poses(scene, frames: int, laps: int, seed: int) -> np.ndarray:
-    """``[frames, 4, 4]``: out along a path of ``frames / laps`` poses and back, ``laps`` times;
-    every lap after the first is shifted sideways by up to 3 cm (a revisit, not a replay)."""
-    length = max(2, int(np.ceil(frames / laps)))
-    base = make_trajectory(scene, length)
-    rng = np.random.default_rng(seed)
-    out = []
-    for lap in range(laps):
-        part = base if lap % 2 == 0 else base[::-1]
-        part = part.copy()
-        if lap:
-            part[:, :3, 3] += rng.uniform(-0.03, 0.03, size=3)
-        out.append(part)
-    return np.concatenate(out)[:frames]
-
-
-def render(seed: int, frames: int, laps: int, height: int, width: int):
-    scene = make_scene(seed)
-    poses = looping_poses(scene, frames, laps, seed)
-    K = intrinsics_for_fov(scene.fov_deg, height, width)
-    rgbs, depths = zip(*(render_frame(scene, p, K, width, height, frame_index=i) for i, p in enumerate(poses)))
-    return np.stack(rgbs), np.stack(depths), K, poses
+def render(seed: int, frames: int, laps: int, height: int, width: int) -> SynthSequence:
+    """The looping walk of scene ``seed``: ``laps`` laps out and back, each return up to 3 cm off."""
+    return render_sequence(seed, frames, height, width, lambda scene: out_and_back(scene, frames, laps, shift=0.03, seed=seed))
 
 
 def errors(rec, c2w: np.ndarray) -> dict:
     pred = invert_se3(rec.extrinsics.astype(np.float64))
-    centres = c2w[:, :3, 3]
-    spread = float(np.sqrt(np.mean(np.sum((centres - centres.mean(0)) ** 2, axis=1))))
     rpe_rot, _ = rpe(pred, c2w, reduction="median")
-    return {"ate": float(ate(pred, c2w)) / spread, "rpe_rot_med": float(rpe_rot),
+    return {"ate": float(ate(pred, c2w)) / scene_spread(c2w), "rpe_rot_med": float(rpe_rot),
             "loops_accepted": sum(r["accepted"] for r in rec.pruning.get("loops", []))}
 
 
@@ -86,9 +64,7 @@ def probe(args) -> int:
 
     pipe = Pipeline.from_pretrained(args.model, device="cpu")
     height, width = pipe.prepare([np.zeros((300, 400, 3), np.uint8)]).image_hw
-    rgbs, _, _, _ = render(args.seed, args.probe, args.laps, height, width)
-    prepared = pipe.prepare(list(rgbs))
-    del rgbs
+    prepared = pipe.prepare(render(args.seed, args.probe, args.laps, height, width).rgbs)
     start = time.perf_counter()
     chunk = None if args.probe_one_pass else args.chunk
     with TensorMemoryTracker() as tracker:
@@ -153,9 +129,10 @@ def main(argv=None) -> int:
     report = {"model": args.model, "keep": args.keep, "chunk": args.chunk, "overlap": args.overlap, "laps": args.laps,
               "height": height, "width": width, "runs": [], "trajectories": {}}
     for frames in args.frames:
-        rgbs, depths, K, c2w = render(args.seed, frames, args.laps, height, width)
-        prepared = pipe.prepare(list(rgbs))
-        oracle = GroundTruthReconstructor(depths, K, c2w, prepared.names)
+        seq = render(args.seed, frames, args.laps, height, width)
+        c2w = seq.cam_to_world
+        prepared = pipe.prepare(seq.rgbs)
+        oracle = GroundTruthReconstructor(seq.depths, seq.K, c2w, prepared.names)
         rec = reconstruct_in_chunks(oracle, prepared, args.chunk, args.overlap)
         row = {"frames": frames, "run": "ground truth, chunked", **errors(rec, c2w), "seconds": 0.0}
         report["runs"].append(row)

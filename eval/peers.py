@@ -22,8 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pacegeo.data.stream import intrinsics_for_fov
-from pacegeo.data.synth import make_scene, make_trajectory, render_frame
+from pacegeo.evaluation.sequences import render_sequence
 from pacegeo.fidelity import camera_deviation, depth_deviation
 from pacegeo.geometry.transforms import invert_se3
 from pacegeo.metrics import depth_metrics, relative_pose_errors
@@ -37,14 +36,6 @@ VARIANTS = {
     "pacegeo keep 0.3": (0.3, 0.0),
     "pacegeo keep 0.5 + merge 0.5": (0.5, 0.5),
 }
-
-
-def render_sequence(seed: int, frames: int, height: int, width: int):
-    scene = make_scene(seed)
-    poses = make_trajectory(scene, frames)[:frames]
-    K = intrinsics_for_fov(scene.fov_deg, height, width)
-    rgbs, depths = zip(*(render_frame(scene, p, K, width, height, frame_index=i) for i, p in enumerate(poses)))
-    return list(rgbs), np.stack(depths), poses
 
 
 def main(argv=None) -> int:
@@ -65,8 +56,9 @@ def main(argv=None) -> int:
     height, width = any_pipe.prepare([np.zeros((300, 400, 3), np.uint8)]).image_hw
     rows: dict[str, list[dict]] = {name: [] for name in VARIANTS}
     for i in range(args.scenes):
-        rgbs, depths, c2w = render_sequence(args.seed + i, args.frames, height, width)
-        prepared = any_pipe.prepare(rgbs)
+        seq = render_sequence(args.seed + i, args.frames, height, width)
+        depths, c2w = seq.depths, seq.cam_to_world
+        prepared = any_pipe.prepare(seq.rgbs)
         times: dict[str, list[float]] = {name: [] for name in VARIANTS}
         recs = {}
         for round_ in range(args.rounds + 1):

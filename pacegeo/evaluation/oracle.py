@@ -14,6 +14,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
+from pacegeo.geometry import unproject_depth_map_to_point_map
 from pacegeo.geometry.transforms import invert_se3
 from pacegeo.reconstruction import Reconstruction
 
@@ -52,10 +53,7 @@ class GroundTruthReconstructor:
         depth = self.depths[idx] * scale
         s, h, w = depth.shape
         K = self.intrinsics[idx]
-        v, u = np.mgrid[0:h, 0:w]
-        rays = np.stack([(u[None] - K[:, 0, 2, None, None]) / K[:, 0, 0, None, None],
-                         (v[None] - K[:, 1, 2, None, None]) / K[:, 1, 1, None, None], np.ones((s, h, w))], -1)
-        points = np.einsum("sij,shwj->shwi", c2w[:, :3, :3], rays * depth[..., None]) + c2w[:, None, None, :3, 3]
+        points = unproject_depth_map_to_point_map(depth, invert_se3(c2w)[:, :3], K)
         valid = depth > 0
         conf = np.where(valid, 2.0, 0.0).astype(np.float32)
         return Reconstruction(
