@@ -26,6 +26,7 @@ from pacegeo.evaluation.sequences import render_sequence
 from pacegeo.fidelity import camera_deviation, depth_deviation
 from pacegeo.geometry.transforms import invert_se3
 from pacegeo.metrics import depth_metrics, relative_pose_errors
+from pacegeo.pruning.global_merge import merge_config
 
 SEED = 500_000
 #: name -> (keep, global merge ratio)
@@ -50,20 +51,19 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     from pacegeo import Pipeline
 
-    pipes = {ratio: Pipeline.from_pretrained(args.model, device="cpu", global_merge=ratio)
-             for ratio in sorted({m for _, m in VARIANTS.values()})}
-    any_pipe = pipes[0.0]
-    height, width = any_pipe.prepare([np.zeros((300, 400, 3), np.uint8)]).image_hw
+    pipe = Pipeline.from_pretrained(args.model, device="cpu")
+    height, width = pipe.prepare([np.zeros((300, 400, 3), np.uint8)]).image_hw
     rows: dict[str, list[dict]] = {name: [] for name in VARIANTS}
     for i in range(args.scenes):
         seq = render_sequence(args.seed + i, args.frames, height, width)
         depths, c2w = seq.depths, seq.cam_to_world
-        prepared = any_pipe.prepare(seq.rgbs)
+        prepared = pipe.prepare(seq.rgbs)
         times: dict[str, list[float]] = {name: [] for name in VARIANTS}
         recs = {}
         for round_ in range(args.rounds + 1):
             for name, (keep, ratio) in VARIANTS.items():
-                rec = pipes[ratio].reconstruct(prepared, keep=keep, progress=False, check_memory=False)
+                pipe.global_merge = merge_config(ratio)
+                rec = pipe.reconstruct(prepared, keep=keep, progress=False, check_memory=False)
                 if round_:
                     times[name].append(rec.timings["inference"])
                 recs[name] = rec

@@ -139,11 +139,10 @@ def build_runner(backbone, spec: str, learned_coverage: float | None = None):
     if spec == "none":
         return "none", lambda images, keep: backbone(images)
     if spec == "fastvggt":
-        from pacegeo.pruning.global_merge import GlobalMergeConfig, global_merging
+        from pacegeo.pruning.global_merge import global_merging, merge_config
 
         def merged(images, keep):
-            config = GlobalMergeConfig(ratio=1.0 - keep) if keep < 1.0 else None
-            with global_merging(backbone.aggregator, config, images.shape[1], images.shape[-1] // 14):
+            with global_merging(backbone.aggregator, merge_config(1.0 - keep), images.shape[1], images.shape[-1] // 14):
                 return backbone(images)
 
         return "fastvggt", merged

@@ -35,7 +35,7 @@ from pacegeo.models import TINY_NOTICE, ModelChoice, build_pruner, resolve_devic
 from pacegeo.options import check_keep, check_seed
 from pacegeo.sequence.spans import check_chunking
 from pacegeo.precision import dtype_name, resolve_dtype
-from pacegeo.pruning.global_merge import GlobalMergeConfig, global_merging
+from pacegeo.pruning.global_merge import GlobalMergeConfig, global_merging, merge_config
 from pacegeo.progress import progress_bar, progress_enabled
 from pacegeo.system import peak_rss_bytes, rss_bytes
 from pacegeo.reconstruction import DEFAULT_CONF_PERCENTILE, EXPORT_FORMATS, Reconstruction, check_point_filter, export_spec
@@ -172,10 +172,7 @@ class Pipeline:
         backbone.requires_grad_(False)
 
         pace, pruner_path = build_pruner(backbone, pruner, amp)
-        try:
-            merge = GlobalMergeConfig(ratio=float(global_merge)) if global_merge else None
-        except (TypeError, ValueError):
-            raise InputError(f"{option('global_merge')} must be a number in [0, 1), got {global_merge!r}") from None
+        merge = merge_config(global_merge)
         pipe = cls(
             backbone,
             pruner=pace,
@@ -318,15 +315,13 @@ class Pipeline:
         """
         keep = check_keep(keep)
         seed = check_seed(seed)
-        chunk, overlap = check_chunking(chunk, overlap)
+        chunk, overlap = check_chunking(chunk, overlap, work_dir, loops)
         if self.pruner is None and keep < 1.0:
             raise InputError(f"keep {keep:g} needs a pruner, but this pipeline was loaded with pruner='none'; use keep=1")
         if isinstance(images_or_paths_or_folder, PreparedInputs):
             prepared = images_or_paths_or_folder
         else:
             prepared = self.prepare(images_or_paths_or_folder, mode, frames, stride, fps, strict, progress)
-        if (work_dir is not None or loops) and chunk is None:
-            raise InputError(f"{option('work_dir') if work_dir is not None else option('loops')} needs {option('chunk')}")
         if chunk is not None and (chunk < len(prepared) or work_dir is not None):
             from pacegeo.sequence import reconstruct_in_chunks
 

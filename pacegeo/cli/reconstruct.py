@@ -68,6 +68,7 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
         from pacegeo.models import resolve_model
         from pacegeo.pipeline import DEFAULT_KEEP, Pipeline
         from pacegeo.reconstruction import check_point_filter, export_spec
+        from pacegeo.pruning.global_merge import merge_config
         from pacegeo.sequence import check_chunking, process_device, process_layout
 
         pruner = args.pruner
@@ -79,13 +80,8 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
             raise InputError(f"--keep {keep:g} needs a pruner; drop --pruner none or use --keep 1")
         for name in ("frames", "stride", "max_points"):
             check_count(getattr(args, name), name)
-        check_chunking(args.chunk, args.overlap)
-        if not (isinstance(args.global_merge, float) and 0.0 <= args.global_merge < 1.0):
-            raise InputError(f"--global-merge must be in [0, 1), got {args.global_merge:g}")
-        if args.work_dir is not None and args.chunk is None:
-            raise InputError("--work-dir needs --chunk")
-        if args.loops and args.chunk is None:
-            raise InputError("--loops needs --chunk")
+        check_chunking(args.chunk, args.overlap, args.work_dir, args.loops)
+        merge_config(args.global_merge)
         rank, world = process_layout()
         if world > 1 and (args.chunk is None or args.work_dir is None):
             raise InputError(f"a run spread over {world} processes needs --chunk and a --work-dir they all share")

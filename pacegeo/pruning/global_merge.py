@@ -23,6 +23,7 @@ their kept tokens in grid order; cells are then runs of ``cell**2`` consecutive 
 from __future__ import annotations
 
 import contextlib
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -30,7 +31,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-__all__ = ["GlobalMergeConfig", "MergePlan", "global_merging", "plan_merge"]
+__all__ = ["GlobalMergeConfig", "MergePlan", "global_merging", "merge_config", "plan_merge"]
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,19 @@ class GlobalMergeConfig:
             raise ValueError("cell must be >= 1 and start_block >= 0")
 
 
+def merge_config(ratio: object) -> GlobalMergeConfig | None:
+    """The merging of a ``global_merge`` option: None for 0 (off), else a config with that ratio;
+    :class:`pacegeo.errors.InputError` for anything but a number in ``[0, 1)``."""
+    from pacegeo.errors import InputError, option
+
+    try:
+        if isinstance(ratio, bool):
+            raise TypeError
+        return GlobalMergeConfig(ratio=float(ratio)) if ratio else None
+    except (TypeError, ValueError):
+        raise InputError(f"{option('global_merge')} must be a number in [0, 1), got {ratio!r}") from None
+
+
 @dataclass(frozen=True)
 class MergePlan:
     """Which tokens a block keeps and where the merged ones go.
@@ -83,9 +97,12 @@ class MergePlan:
         return self.dst.numel() + self.rest.shape[1]
 
 
+@functools.lru_cache(maxsize=16)
 def _destinations(frames: int, per_frame: int, special: int, grid_w: int | None, config: GlobalMergeConfig,
                   device) -> torch.Tensor:
-    """``[N]`` bool: destination (or protected) tokens of a ``frames * per_frame`` sequence."""
+    """``[N]`` bool: destination (or protected) tokens of a ``frames * per_frame`` sequence. The
+    same for every block and forward of a shape (seeded), so it is computed once per shape; the
+    result is shared and must not be modified."""
     n = frames * per_frame
     is_dst = torch.zeros(frames, per_frame, dtype=torch.bool, device=device)
     is_dst[0] = True
@@ -119,7 +136,7 @@ def plan_merge(metric: torch.Tensor, frames: int, special: int, grid_w: int | No
     ``[B, N]`` marks tokens that must not be merged (padding slots)."""
     b, n, _ = metric.shape
     per_frame = n // frames
-    is_dst = _destinations(frames, per_frame, special, grid_w, config, metric.device)
+    is_dst = _destinations(frames, per_frame, special, grid_w, config, str(metric.device))
     dst = torch.nonzero(is_dst).flatten()
     src = torch.nonzero(~is_dst).flatten()
     unit = F.normalize(metric.float(), dim=-1)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pacegeo.geometry.transforms import apply_sim3_to_c2w, apply_sim3_to_points, umeyama
+from pacegeo.geometry.transforms import apply_sim3_to_c2w, apply_sim3_to_points, invert_se3, umeyama
 
 __all__ = ["MIN_POINTS", "PointFit", "fit_cameras_sim3", "fit_points_sim3"]
 
@@ -53,6 +53,23 @@ class PointFit:
     def apply_c2w(self, cam_to_world: np.ndarray) -> np.ndarray:
         """Camera-to-world poses ``[S, 3|4, 4]`` of the chunk in the placed frame ``[S, 4, 4]``."""
         return apply_sim3_to_c2w(cam_to_world, self.scale, self.rotation, self.translation)
+
+    @classmethod
+    def from_matrix(cls, matrix: np.ndarray) -> "PointFit":
+        """The similarity of a ``[4, 4]`` matrix ``[[s R, t], [0, 1]]`` (as a successful fit)."""
+        s = float(np.cbrt(np.linalg.det(matrix[:3, :3])))
+        return cls(s, matrix[:3, :3] / s, matrix[:3, 3].copy(), 0, 1.0, 0.0, True)
+
+    def move_frames(self, rec, frames: np.ndarray) -> dict[str, np.ndarray]:
+        """The geometry of ``rec``'s ``frames`` moved by this similarity: ``depth`` (scaled),
+        ``world_points``, ``points_from_depth`` and ``extrinsics``, float32 as a Reconstruction's."""
+        c2w = self.apply_c2w(invert_se3(rec.extrinsics[frames].astype(np.float64)))
+        return {
+            "depth": (self.scale * rec.depth[frames]).astype(np.float32),
+            "world_points": self.apply_points(rec.world_points[frames]).astype(np.float32),
+            "points_from_depth": self.apply_points(rec.points_from_depth[frames]).astype(np.float32),
+            "extrinsics": invert_se3(c2w)[:, :3, :4].astype(np.float32),
+        }
 
     def to_dict(self) -> dict:
         return {"scale": self.scale, "rotation": self.rotation.tolist(), "translation": self.translation.tolist(),

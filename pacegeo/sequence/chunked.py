@@ -32,7 +32,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["IDENTITY", "reconstruct_in_chunks", "stitch"]
+__all__ = ["IDENTITY", "empty_frames", "reconstruct_in_chunks"]
 
 IDENTITY = PointFit(1.0, np.eye(3), np.zeros(3), 0, 1.0, 0.0, True)
 
@@ -44,25 +44,13 @@ _FRAME_ARRAYS = ("depth", "depth_conf", "world_points", "world_points_conf", "po
 def _placed(rec: "Reconstruction", frames: np.ndarray, fit: PointFit) -> dict[str, np.ndarray]:
     """The arrays of ``rec``'s ``frames`` mapped by ``fit`` into the placed frame (the first chunk's
     unchanged, bit for bit)."""
-    if fit is IDENTITY:
-        return {name: getattr(rec, name)[frames] for name in _FRAME_ARRAYS}
-    c2w = fit.apply_c2w(invert_se3(rec.extrinsics[frames].astype(np.float64)))
-    return {
-        "depth": (fit.scale * rec.depth[frames]).astype(np.float32),
-        "depth_conf": rec.depth_conf[frames],
-        "world_points": fit.apply_points(rec.world_points[frames]).astype(np.float32),
-        "world_points_conf": rec.world_points_conf[frames],
-        "points_from_depth": fit.apply_points(rec.points_from_depth[frames]).astype(np.float32),
-        "colors": rec.colors[frames],
-        "valid_mask": rec.valid_mask[frames],
-        "extrinsics": invert_se3(c2w)[:, :3, :4].astype(np.float32),
-        "intrinsics": rec.intrinsics[frames],
-        "intrinsics_original": rec.intrinsics_original[frames],
-        "image_size": rec.image_size[frames],
-    }
+    placed = {name: getattr(rec, name)[frames] for name in _FRAME_ARRAYS}
+    if fit is not IDENTITY:
+        placed.update(fit.move_frames(rec, frames))
+    return placed
 
 
-def stitch(first: "Reconstruction", count: int) -> dict[str, np.ndarray]:
+def empty_frames(first: "Reconstruction", count: int) -> dict[str, np.ndarray]:
     """Empty per-frame arrays for ``count`` frames shaped like ``first``'s."""
     return {name: np.zeros((count,) + getattr(first, name).shape[1:], getattr(first, name).dtype) for name in _FRAME_ARRAYS}
 
@@ -192,7 +180,7 @@ def _stitch(pipeline, prepared, spans, results, seed: int, align: str) -> "Recon
     placed = 0
     for index, ((start, end), rec) in enumerate(zip(spans, results)):
         if first is None:
-            first, arrays, fit = rec, stitch(rec, count), IDENTITY
+            first, arrays, fit = rec, empty_frames(rec, count), IDENTITY
         else:
             fit = _align(rec, arrays, start, placed, index, end, seed, align)
         new = np.arange(max(start, placed), end)

@@ -32,8 +32,9 @@ from scipy.optimize import least_squares
 from scipy.spatial import cKDTree
 from scipy.spatial.transform import Rotation
 
-from pacegeo.geometry.transforms import invert_se3, sim3_matrix
-from pacegeo.sequence.align import fit_points_sim3
+from pacegeo.geometry.transforms import sim3_matrix
+from pacegeo.sequence.align import PointFit, fit_points_sim3
+from pacegeo.sequence.spans import subset
 
 if TYPE_CHECKING:  # pragma: no cover
     from pacegeo.reconstruction import Reconstruction
@@ -219,17 +220,8 @@ def apply_corrections(rec: "Reconstruction", owner: np.ndarray, corrections: lis
         frames = np.flatnonzero(owner == index)
         if not len(frames) or np.allclose(X, np.eye(4)):
             continue
-        s = float(np.cbrt(np.linalg.det(X[:3, :3])))
-        M = X[:3, :3].astype(np.float64)
-        for name in ("world_points", "points_from_depth"):
-            pts = getattr(rec, name)[frames].astype(np.float64)
-            getattr(rec, name)[frames] = (pts @ M.T + X[:3, 3]).astype(np.float32)
-        rec.depth[frames] = (rec.depth[frames] * s).astype(np.float32)
-        c2w = invert_se3(rec.extrinsics[frames].astype(np.float64))
-        moved = c2w.copy()
-        moved[:, :3, :3] = (M / s) @ c2w[:, :3, :3]
-        moved[:, :3, 3] = c2w[:, :3, 3] @ M.T + X[:3, 3]
-        rec.extrinsics[frames] = invert_se3(moved)[:, :3, :4].astype(np.float32)
+        for name, values in PointFit.from_matrix(X).move_frames(rec, frames).items():
+            getattr(rec, name)[frames] = values
 
 
 def close_loops(pipeline, prepared, rec: "Reconstruction", spans: list[tuple[int, int]], descriptors: np.ndarray,
@@ -245,8 +237,6 @@ def close_loops(pipeline, prepared, rec: "Reconstruction", spans: list[tuple[int
 
     Returns one record per verified candidate (accepted or not) for the reconstruction's report.
     """
-    from pacegeo.sequence.spans import subset
-
     count = len(prepared)
     owner = owner_chunks(spans, count)
     records, loops = [], []

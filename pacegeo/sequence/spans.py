@@ -14,13 +14,16 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["check_chunking", "chunk_spans", "default_overlap", "subset"]
 
 
-def check_chunking(chunk: object, overlap: object) -> tuple[int | None, int | None]:
+def check_chunking(chunk: object, overlap: object, work_dir: object = None, loops: bool = False) -> tuple[int | None, int | None]:
     """``(chunk, overlap)`` checked where they enter: a chunk of at least 2 frames, an overlap of
-    at least 1 frame and smaller than the chunk, and no overlap without a chunk."""
+    at least 1 frame and smaller than the chunk, and no overlap, work folder or loop closure
+    without a chunk."""
     chunk = check_count(chunk, "chunk", minimum=2)
     overlap = check_count(overlap, "overlap")
-    if overlap is not None and chunk is None:
-        raise InputError(f"{option('overlap')} needs {option('chunk')}")
+    if chunk is None:
+        for name, given in (("overlap", overlap is not None), ("work_dir", work_dir is not None), ("loops", bool(loops))):
+            if given:
+                raise InputError(f"{option(name)} needs {option('chunk')}")
     if overlap is not None and overlap >= chunk:
         raise InputError(f"{option('overlap')} must be smaller than {option('chunk')} ({chunk}), got {overlap}")
     return chunk, overlap
