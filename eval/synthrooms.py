@@ -47,6 +47,8 @@ from pacegeo.fidelity import fidelity
 from pacegeo.geometry import camera_centers, depth_to_world_points, pose_encoding_to_extri_intri
 from pacegeo.hub import load_backbone, resolve_weights
 from pacegeo.models import read_preprocess
+from pacegeo.pace import check_dense_tail
+from pacegeo.pruning.early import check_encoder_layer
 from pacegeo.geometry.transforms import umeyama
 from pacegeo.metrics import auc, chamfer, depth_metrics, relative_pose_errors, rra, rta
 
@@ -130,12 +132,15 @@ def clip_metrics(out: dict, clip: dict[str, torch.Tensor], max_points: int = 200
     }
 
 
-def build_runner(backbone, spec: str, learned_coverage: float | None = None):
+def build_runner(backbone, spec: str, learned_coverage: float | None = None, encoder_layer: int | None = None,
+                 dense_tail: int = 0):
     """``spec``: ``none``, a pruner name of :func:`pacegeo.models.build_pruner` (``training-free``,
     ``random``, ``grid``, ``learned``), ``NAME=PATH`` of a pruner file (loaded with
     ``learned_coverage`` when given, else with the value saved in the file), or ``fastvggt``: no
     pruning, tokens merged inside global attention (:mod:`pacegeo.pruning.global_merge`) with a
-    merge ratio of ``1 - keep``."""
+    merge ratio of ``1 - keep``. ``encoder_layer`` and ``dense_tail`` set the pruned forward's
+    :attr:`pacegeo.pace.PaceVGGT.encoder_layer` (pruning inside the encoder) and
+    :attr:`~pacegeo.pace.PaceVGGT.dense_tail` (last AA blocks on the re-expanded sequence)."""
     if spec == "none":
         return "none", lambda images, keep: backbone(images)
     if spec == "fastvggt":
@@ -155,6 +160,8 @@ def build_runner(backbone, spec: str, learned_coverage: float | None = None):
         pace = load_pruner(path, backbone, **extra).eval()
     else:
         name, (pace, _) = spec, build_pruner(backbone, spec, amp_dtype="auto")
+    pace.encoder_layer = check_encoder_layer(backbone, encoder_layer)
+    pace.dense_tail = check_dense_tail(backbone, dense_tail)
     return name, lambda images, keep: pace(images, keep=keep)
 
 
@@ -173,6 +180,10 @@ def main(argv=None) -> int:
     p.add_argument("--plot", type=Path, default=None)
     p.add_argument("--learned-coverage", type=float, default=None,
                    help="override the coverage prior of the NAME=PATH pruners (default: each file's own)")
+    p.add_argument("--encoder-layer", type=int, default=None, metavar="L",
+                   help="pruners prune inside the encoder after its block L (default: after the encoder)")
+    p.add_argument("--dense-tail", type=int, default=0, metavar="T",
+                   help="pruners run the last T AA blocks on the sequence re-expanded by their restoration (default 0)")
     p.add_argument("--append", action="store_true",
                    help="add to the records already in --json (replacing those with the same frames, pruner and keep)")
     args = p.parse_args(argv)
@@ -184,7 +195,8 @@ def main(argv=None) -> int:
         else:
             width, _ = read_preprocess(resolve_weights(args.model), default_size=model.config.aggregator.img_size)
             height = int(round(width * 0.75 / 14)) * 14
-        runners = [build_runner(model, spec, args.learned_coverage) for spec in args.pruners]
+        runners = [build_runner(model, spec, args.learned_coverage, args.encoder_layer, args.dense_tail)
+                   for spec in args.pruners]
     except PacegeoError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -217,6 +229,8 @@ def main(argv=None) -> int:
                 rec = {k: float(np.mean([m[k] for m in per_clip])) for k in per_clip[0]}
                 rec["per_scene"] = {k: [round(m[k], 6) for m in per_clip] for k in SCENE_METRICS}
                 rec.update(model=args.model, pruner=name, keep=keep, frames=frames, scenes=len(clips),
+                           encoder_layer=None if name == "none" else args.encoder_layer,
+                           dense_tail=0 if name == "none" else args.dense_tail,
                            height=height, width=width, median_s=float(np.median(times)))
                 records.append(rec)
                 print(f"S={frames:3d} {name:>14} keep={keep:.2f}  AbsRel {rec['abs_rel']:.3f} (const {rec['abs_rel_constant']:.3f})"

@@ -27,7 +27,8 @@ image loading excluded).
 
 JSON output: one record per (head, keep) with ``R@1 R@5 R@10 R@20`` (fractions), ``R@1_ci95``
 (a 95% bootstrap interval over queries), ``head``,
-``keep``, ``scoring``, ``ms_per_image``, ``dataset``, ``model``, ``size``, ``num_database``,
+``keep``, ``scoring``, ``ms_per_image``, ``params`` and ``weight_bytes`` (encoder, head and scorer;
+packed sizes where a model stores its weights packed), ``dataset``, ``model``, ``size``, ``num_database``,
 ``num_queries``, ``gt`` (ground-truth style) and ``descriptor_dim``.
 """
 
@@ -63,7 +64,9 @@ def parse_args(argv=None):
     src.add_argument("--dataset", default=None, help="name in the records (default: the folders' parent)")
     src.add_argument("--synthrooms", type=Path, default=None,
                      help="evaluate a SynthRooms place set in this folder (rendered first if missing)")
-    src.add_argument("--synth-scenes", type=int, default=6, help="SynthRooms rooms (seeds 30000..)")
+    src.add_argument("--synth-scenes", type=int, default=6, help="SynthRooms rooms (seeds S, S+1, ...)")
+    src.add_argument("--synth-scene-seed", type=int, default=30_000,
+                     help="S: first room seed of the place set (the VPR training rooms start at 1000; default 30000)")
     src.add_argument("--synth-queries", type=int, default=30, help="queries per SynthRooms room")
     src.add_argument("--synth-size", default="168x224", help="HxW of the rendered views")
     src.add_argument("--synth-seed", type=int, default=0)
@@ -98,11 +101,15 @@ def build_synthrooms(folder: Path, args) -> None:
     from pacegeo.vpr.places import PlaceConfig, make_place_set
 
     if (folder / "ground_truth.npy").is_file():
-        print(f"using the SynthRooms place set in {folder}")
+        seeds = json.loads((folder / "places.json").read_text())["scene_seeds"]
+        if seeds[0] != args.synth_scene_seed or len(seeds) != args.synth_scenes:
+            raise SystemExit(f"error: {folder} holds rooms {seeds[0]}..{seeds[-1]}, not the {args.synth_scenes} "
+                             f"rooms from {args.synth_scene_seed} asked for; choose another folder")
+        print(f"using the SynthRooms place set in {folder} (rooms {seeds[0]}..{seeds[-1]})")
         return
     height, width = (int(v) for v in args.synth_size.lower().split("x"))
     cfg = PlaceConfig(width=width, height=height)
-    seeds = [30_000 + i for i in range(args.synth_scenes)]
+    seeds = [args.synth_scene_seed + i for i in range(args.synth_scenes)]
     start = time.perf_counter()
     places = make_place_set(seeds, args.synth_queries, cfg, seed=args.synth_seed)
     tmp = folder.with_name(folder.name + ".tmp")
@@ -173,6 +180,18 @@ def recall1_interval(ids: np.ndarray, positives, n_boot: int = 2000, seed: int =
     return float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
 
 
+def model_size(extractor: torch.nn.Module | None) -> tuple[int, int]:
+    """Parameters and bytes of the weights a descriptor needs (encoder, head, scorer): what the
+    module reports through ``weight_bytes()`` when it stores its weights packed, else the tensors'
+    own sizes. Buffers that are not weights (normalisation constants) are not counted."""
+    if extractor is None:
+        return 0, 0
+    params = sum(p.numel() for p in extractor.parameters())
+    packed = getattr(extractor, "weight_bytes", None)
+    nbytes = packed() if callable(packed) else sum(p.numel() * p.element_size() for p in extractor.parameters())
+    return int(params), int(nbytes)
+
+
 def timed_describe(extractor: DescriptorExtractor, images: torch.Tensor, keep: float, batch: int) -> tuple[torch.Tensor, float]:
     start = time.perf_counter()
     desc = extractor.describe(images, keep, batch_size=batch)
@@ -231,7 +250,7 @@ def main(argv=None) -> int:
                 db, qs = pixel_descriptors(db_images.cpu()), pixel_descriptors(q_images.cpu())
                 seconds = time.perf_counter() - start
                 records.append(score_row(db, qs, db_files, positives, dict(
-                    dataset=dataset, model="none", head="pixels", keep=1.0, scoring="none",
+                    dataset=dataset, model="none", head="pixels", keep=1.0, scoring="none", params=0, weight_bytes=0,
                     ms_per_image=round(1000 * seconds / (len(db) + len(qs)), 3))))
                 continue
             if head_name == "trained":
@@ -248,12 +267,13 @@ def main(argv=None) -> int:
             extractor.scoring = default_scoring if args.scoring == "auto" else args.scoring
             if head_name == "vlad":
                 extractor.fit(db_images, batch_size=args.batch)
+            params, weight_bytes = model_size(extractor)
             for keep in args.keep:
                 db, t_db = timed_describe(extractor, db_images, keep, args.batch)
                 qs, t_q = timed_describe(extractor, q_images, keep, args.batch)
                 records.append(score_row(db, qs, db_files, positives, dict(
                     dataset=dataset, model=str(name), head=head_name, keep=keep,
-                    scoring=extractor.scoring if keep < 1 else "none",
+                    scoring=extractor.scoring if keep < 1 else "none", params=params, weight_bytes=weight_bytes,
                     ms_per_image=round(1000 * (t_db + t_q) / (len(db) + len(qs)), 3))))
         for rec in records:
             rec.update(size=list(db_images.shape[-2:]), num_database=len(db_files), num_queries=len(q_files), gt=gt_style,

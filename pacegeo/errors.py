@@ -37,6 +37,7 @@ OPTIONS: dict[str, tuple[str, str]] = {
     "work_dir": ("work_dir", "--work-dir"),
     "loops": ("loops=True", "--loops"),
     "global_merge": ("global_merge", "--global-merge"),
+    "encoder_layer": ("encoder_layer", "--encoder-layer"),
     "scenes": ("num_scenes", "--scenes"),
     "size": ("width, height", "--size"),
 }

@@ -147,6 +147,15 @@ def backbone_forward_staged(
     return out
 
 
+def check_dense_tail(backbone: nn.Module, tail) -> int:
+    """``tail`` checked against ``backbone``: an integer from 0 (off) to the AA depth minus one, a
+    multiple of its ``aa_block_size``. Raises :class:`InputError` otherwise."""
+    agg = backbone.config.aggregator
+    if isinstance(tail, bool) or not isinstance(tail, int) or not 0 <= tail < agg.depth or tail % agg.aa_block_size:
+        raise InputError(f"dense tail must be a whole number of AA blocks from 0 to {agg.depth - 1}, got {tail!r}")
+    return tail
+
+
 class PaceVGGT(nn.Module):
     """A frozen VGGT-style backbone with token pruning before the AA stack.
 
@@ -220,6 +229,8 @@ class PaceVGGT(nn.Module):
         self.heads_chunk = heads_chunk or HEADS_CHUNK
         #: prune inside the encoder after this many of its blocks (:mod:`pacegeo.pruning.early`); None: before the AA stack
         self.encoder_layer: int | None = None
+        #: the last ``dense_tail`` AA blocks run on the whole sequence, re-expanded by the restoration; 0: none
+        self.dense_tail: int = 0
         device = next(backbone.parameters()).device
         self.restoration.to(device)
         if self.scorer is not None:
@@ -420,12 +431,16 @@ class PaceVGGT(nn.Module):
                     log_sizes = reduction.attn_bias()
                     bias = torch.cat((log_sizes.new_zeros(b, s, psi), log_sizes), dim=2)
             clock.mark("select")
-            entries = agg.run_blocks(tokens, pos, attn_bias=bias, keep_layers=backbone.head_layers())
+            split = agg.config.depth - self.dense_tail
+            keep_layers = backbone.head_layers() | ({split - 1} if self.dense_tail else set())
+            entries = agg.run_blocks(tokens, pos, attn_bias=bias, keep_layers=keep_layers, stop=split)
             del tokens
+            if split < agg.config.depth:
+                entries = self.run_dense_tail(entries, split, reduction, feats, grid_hw)
             clock.mark("aa")
             out = streamed_heads(
                 backbone, self.restoration, entries, reduction, feats, grid_hw, (height, width),
-                chunk=self.heads_chunk, output_device=output_device, clock=clock,
+                chunk=self.heads_chunk, output_device=output_device, clock=clock, dense_from=split,
             )
         del entries, feats
         if not backbone.training:
@@ -453,7 +468,33 @@ class PaceVGGT(nn.Module):
         out["pruning"] = stats
         return out
 
-    
+    def run_dense_tail(
+        self, entries: list, split: int, reduction, feats: torch.Tensor, grid_hw: tuple[int, int]
+    ) -> list:
+        """Re-expansion: the sequence after entry ``split - 1`` (reduced) is restored to the whole
+        grid, and the AA blocks from ``split`` on run on it, without merging bias.
+
+        Args:
+            entries: ``run_blocks`` outputs up to ``split`` (``[B, S, 1 + R + K, 2C]``).
+            reduction, feats, grid_hw: as for the restoration.
+        Returns:
+            ``entries`` with those from ``split`` on dense (``[B, S, 1 + R + N, 2C]``), computed
+            from the dense sequence; the entry ``split - 1`` is dropped unless a head reads it.
+        """
+        agg = self.backbone.aggregator
+        psi, (b, s) = agg.patch_start_idx, feats.shape[:2]
+        plan = self.restoration.plan(reduction, feats, grid_hw)
+        dense = self.restoration.restore_layer(entries[split - 1], reduction, plan, psi, split - 1)
+        del plan
+        tokens = dense[..., dense.shape[-1] // 2 :]  # the global half: the sequence the next block reads
+        pos = None
+        if agg.rope is not None:
+            pos = repeat(agg.patch_positions(*grid_hw, device=feats.device), "p two -> b s p two", b=b, s=s)
+        if split - 1 not in self.backbone.head_layers():
+            entries[split - 1] = None
+        tail = agg.run_blocks(tokens, pos, keep_layers=self.backbone.head_layers(), start=split)
+        return entries[:split] + tail[split:]
+
     def pruner_state_dict(self) -> dict[str, torch.Tensor]:
         """Scorer and restoration tensors (``scorer.*``, ``restoration.*``), without the backbone."""
         state = {f"restoration.{k}": v for k, v in self.restoration.state_dict().items()}
@@ -467,4 +508,5 @@ __all__ = [
     "PaceVGGT",
     "StageClock",
     "backbone_forward_staged",
+    "check_dense_tail",
 ]

@@ -29,12 +29,14 @@ import torch
 
 from pacegeo.errors import InputError, option
 from pacegeo.io.inputs import PreparedInputs, check_input, input_paths, prepare_inputs, select_frames
-from pacegeo.memory import MemoryEstimate, estimate_peak_memory, max_frames, min_keep
+from pacegeo.memory import MemoryEstimate, estimate_peak_memory
+from pacegeo.preflight import check_fits
 from pacegeo.system import available_memory, release_host_memory
 from pacegeo.models import TINY_NOTICE, ModelChoice, build_pruner, resolve_device, resolve_model
 from pacegeo.options import check_keep, check_seed
 from pacegeo.sequence.spans import check_chunking
 from pacegeo.precision import dtype_name, resolve_dtype
+from pacegeo.pruning.early import check_encoder_layer
 from pacegeo.pruning.global_merge import GlobalMergeConfig, global_merging, merge_config
 from pacegeo.progress import progress_bar, progress_enabled
 from pacegeo.system import peak_rss_bytes, rss_bytes
@@ -43,7 +45,6 @@ from pacegeo.reconstruction import DEFAULT_CONF_PERCENTILE, EXPORT_FORMATS, Reco
 logger = logging.getLogger(__name__)
 
 DEFAULT_KEEP = 0.3
-GIB = 1024**3
 POST_CHUNK = 4  # frames per chunk of the host-side post-processing (unprojection, colours)
 
 __all__ = [
@@ -67,10 +68,6 @@ __all__ = [
     "resolve_model",
     "select_frames",
 ]
-
-
-def _fmt_gib(value: int) -> str:
-    return f"{value / GIB:.1f} GiB"
 
 
 class Pipeline:
@@ -133,6 +130,7 @@ class Pipeline:
         dtype: str | torch.dtype | None = "auto",
         target_size: int | None = None,
         global_merge: float = 0.0,
+        encoder_layer: int | None = None,
     ) -> "Pipeline":
         """Load a backbone and a pruner.
 
@@ -153,6 +151,9 @@ class Pipeline:
             global_merge: share of tokens merged inside every global-attention block
                 (:mod:`pacegeo.pruning.global_merge`, training-free, after FastVGGT); 0 is off. It
                 combines with ``keep`` (pre-AA pruning first, then merging in the global blocks).
+            encoder_layer: prune inside the DINO encoder after this many of its blocks
+                (:mod:`pacegeo.pruning.early`: the later encoder blocks also run on the kept
+                tokens); None (default) prunes after the encoder, before the AA stack.
 
         Raises:
             CheckpointError: weights not found, unreadable or of the wrong architecture.
@@ -173,6 +174,10 @@ class Pipeline:
 
         pace, pruner_path = build_pruner(backbone, pruner, amp)
         merge = merge_config(global_merge)
+        if encoder_layer is not None:
+            if pace is None:
+                raise InputError(f"{option('encoder_layer')} needs a pruner; drop it or choose a pruner")
+            pace.encoder_layer = check_encoder_layer(backbone, encoder_layer)
         pipe = cls(
             backbone,
             pruner=pace,
@@ -214,44 +219,9 @@ class Pipeline:
         self, frames: int, image_hw: tuple[int, int], keep: float, inputs_resident: int = 0
     ) -> MemoryEstimate:
         """Raise :class:`InputError` when the estimated peak will not fit in the device's free
-        memory, saying what would (a lower keep, fewer frames, or the CPU). Returns the estimate.
-
-        What must be free: the activations (on CUDA also the images, moved there by the run);
-        weights, loaded images and the runtime are resident already."""
-        estimate = self.estimate_memory(frames, image_hw, keep, inputs_resident)
-        free = available_memory(self.device)
-        cuda = self.device.type == "cuda"
-
-        def need(est: MemoryEstimate) -> int:
-            return est.activations + (est.inputs if cuda else 0)
-
-        if free is None or need(estimate) <= free:
-            return estimate
-
-        def fits(s: int, k: float) -> bool:
-            return need(self.estimate_memory(s, image_hw, k, inputs_resident)) <= free
-
-        options = []
-        if self.pruner is not None:
-            lowest = min_keep(lambda k: k < keep and fits(frames, k))
-            if lowest is not None:
-                options.append(f"a lower {option('keep')} ({lowest:g} fits)")
-        most = max_frames(lambda s: fits(s, keep), 1, frames - 1) if frames > 1 else 0
-        if most >= 1:
-            options.append(f"fewer frames with {option('frames_or_stride')} (up to {most} fit)")
-        if most >= 4:
-            options.append(f"chunks of at most {most} frames ({option('chunk')}={most})")
-        if cuda:
-            host = available_memory(torch.device("cpu"))
-            cpu_need = estimate_peak_memory(self.config, frames, image_hw, keep, None, device="cpu").activations
-            if host is None or cpu_need <= host:
-                options.append(f"the CPU ({option('device_cpu')}), slower")
-        advice = "; try " + ", or ".join(options) if options else "; no smaller setting fits either"
-        h, w = image_hw
-        raise InputError(
-            f"not enough memory: {frames} frames at {w}x{h} with keep {keep:g} need about "
-            f"{_fmt_gib(need(estimate))} more on {self.device}, {_fmt_gib(free)} is free{advice}"
-        )
+        memory, saying what would (:func:`pacegeo.preflight.check_fits`). Returns the estimate."""
+        return check_fits(lambda s, k: self.estimate_memory(s, image_hw, k, inputs_resident), self.config,
+                          self.device, frames, image_hw, keep, prunable=self.pruner is not None)
 
     # -- inference --------------------------------------------------------------------------------
 

@@ -324,9 +324,9 @@ def test_existing_outputs_need_overwrite(existing, work, model_path, capsys):
 
 
 def test_memory_preflight_failure_is_one_line(work, model_path, capsys, monkeypatch):
-    import pacegeo.pipeline
+    import pacegeo.preflight
 
-    monkeypatch.setattr(pacegeo.pipeline, "available_memory", lambda device: 1024)
+    monkeypatch.setattr(pacegeo.preflight, "available_memory", lambda device: 1024)
     before = listing(work)
     code, _, err = run(["reconstruct", work / "frames", "-o", work / "out" / "scene.ply", "--model", model_path], capsys)
     assert_one_line_error(code, err, "not enough memory")
@@ -355,3 +355,15 @@ def test_python_dash_m_entry_point(work, model_path):
     assert bad.stderr.strip().splitlines() == [f"pacegeo: error: input not found: {work / 'nowhere'}"]
     help_text = subprocess.run([sys.executable, "-m", "pacegeo", "reconstruct", "--help"], capture_output=True, text=True, env=env)
     assert help_text.returncode == 0 and "--export" in help_text.stdout
+
+
+@pytest.mark.parametrize("extra,fragment", [
+    (["--encoder-layer", "0"], "--encoder-layer"),
+    (["--encoder-layer", "2", "--pruner", "none", "--keep", "1"], "--encoder-layer"),
+    (["--encoder-layer", "1"], "ViT encoder"),  # the test model's patch embedding is convolutional
+])
+def test_encoder_layer_errors_are_one_line_and_write_nothing(work, model_path, capsys, extra, fragment):
+    before = listing(work)
+    code, _, err = run(["reconstruct", work / "frames", "-o", work / "out" / "scene.ply", "--model", model_path, *extra], capsys)
+    assert_one_line_error(code, err, fragment)
+    assert listing(work) == before

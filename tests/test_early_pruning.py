@@ -66,3 +66,41 @@ def test_bad_layers_are_refused(model):
 
     with pytest.raises(InputError, match="between 1 and 4"):
         prune_inside_encoder(model.aggregator, _images(), 0, [5, 5, 5], lambda mid: mid.norm(dim=-1))
+
+
+def test_pipeline_option_prunes_inside_the_encoder(tmp_path, model):
+    import json
+
+    from helpers import write_frames
+    from pacegeo.hub import save_backbone
+    from pacegeo.pipeline import Pipeline
+
+    path = save_backbone(model, tmp_path / "dino.safetensors", extra={"preprocess": json.dumps({"target_size": 70, "mode": "crop"})})
+    write_frames(tmp_path / "frames", count=3)
+    pipe = Pipeline.from_pretrained(path, pruner="training-free", device="cpu", dtype="float32", encoder_layer=2)
+    assert pipe.pruner.encoder_layer == 2
+    prepared = pipe.prepare(tmp_path / "frames")
+    rec = pipe.reconstruct(prepared, keep=0.5, progress=False)
+    direct = PaceVGGT(model, mode="training-free", amp_dtype=None)
+    with torch.no_grad():
+        direct.encoder_layer = 2
+        inside = direct(prepared.images[None], keep=0.5)
+        direct.encoder_layer = None
+        before = direct(prepared.images[None], keep=0.5)
+    depth = torch.as_tensor(rec.depth)
+    assert torch.allclose(depth, inside["depth"][0, ..., 0], atol=1e-5)
+    assert not torch.allclose(depth, before["depth"][0, ..., 0], atol=1e-4)  # the option changes the run
+
+
+def test_pipeline_refuses_encoder_layers_it_cannot_use(tmp_path, model, model_path):
+    from pacegeo.errors import InputError
+    from pacegeo.hub import save_backbone
+    from pacegeo.pipeline import Pipeline
+
+    path = save_backbone(model, tmp_path / "dino.safetensors")
+    with pytest.raises(InputError, match="from 1 to 4"):
+        Pipeline.from_pretrained(path, pruner="training-free", device="cpu", encoder_layer=5)
+    with pytest.raises(InputError, match="needs a pruner"):
+        Pipeline.from_pretrained(path, pruner="none", device="cpu", encoder_layer=2)
+    with pytest.raises(InputError, match="ViT encoder"):
+        Pipeline.from_pretrained(model_path, pruner="training-free", device="cpu", encoder_layer=1)

@@ -413,12 +413,12 @@ def test_a_failing_ply_export_leaves_no_file(rec, tmp_path, monkeypatch):
 def test_memory_preflight_says_what_fits(pipe, frames_dir, monkeypatch):
     import re
 
-    import pacegeo.pipeline as pipeline
+    import pacegeo.preflight as preflight
 
     prepared = pipe.prepare(frames_dir)
     need = pipe.estimate_memory(4, prepared.image_hw, 1.0).activations
     one = pipe.estimate_memory(1, prepared.image_hw, 1.0).activations
-    monkeypatch.setattr(pipeline, "available_memory", lambda device: (need + one) // 2)
+    monkeypatch.setattr(preflight, "available_memory", lambda device: (need + one) // 2)
     with pytest.raises(InputError) as err:
         pipe.reconstruct(prepared, keep=1.0)
     message = str(err.value)
@@ -431,7 +431,7 @@ def test_memory_preflight_says_what_fits(pipe, frames_dir, monkeypatch):
     keep = re.search(r"a lower keep \(([0-9.]+) fits\)", message)
     if keep:
         assert len(pipe.reconstruct(prepared, keep=float(keep.group(1)))) == 4
-    monkeypatch.setattr(pipeline, "available_memory", lambda device: need + 1)
+    monkeypatch.setattr(preflight, "available_memory", lambda device: need + 1)
     assert len(pipe.reconstruct(prepared, keep=1.0)) == 4
     assert isinstance(prepared, PreparedInputs)
 
@@ -442,7 +442,7 @@ def test_memory_preflight_suggests_a_chunk_size_that_fits(pipe, frames_dir, monk
 
     import torch
 
-    import pacegeo.pipeline as pipeline
+    import pacegeo.preflight as preflight
 
     small = pipe.prepare(frames_dir)
     prepared = replace(small, images=torch.cat([small.images] * 4), transforms=list(small.transforms) * 4,
@@ -450,7 +450,7 @@ def test_memory_preflight_suggests_a_chunk_size_that_fits(pipe, frames_dir, monk
     count = len(prepared)
     need = pipe.estimate_memory(count, prepared.image_hw, 1.0).activations
     half = pipe.estimate_memory(count // 2, prepared.image_hw, 1.0).activations
-    monkeypatch.setattr(pipeline, "available_memory", lambda device: (need + half) // 2)
+    monkeypatch.setattr(preflight, "available_memory", lambda device: (need + half) // 2)
     with pytest.raises(InputError) as err:
         pipe.reconstruct(prepared, keep=1.0)
     assert "--chunk=" in err.value.cli_message()

@@ -319,8 +319,8 @@ def _capture(monkeypatch, model):
     agg = model.aggregator
     run_blocks, predict_dense = agg.run_blocks, model.predict_dense
 
-    def run_blocks_spy(tokens, pos, attn_bias=None, keep_layers=None):
-        out = run_blocks(tokens, pos, attn_bias=attn_bias, keep_layers=keep_layers)
+    def run_blocks_spy(tokens, pos, attn_bias=None, keep_layers=None, **parts):
+        out = run_blocks(tokens, pos, attn_bias=attn_bias, keep_layers=keep_layers, **parts)
         calls.update(tokens=tokens, pos=pos, bias=attn_bias, entries=out)
         return out
 

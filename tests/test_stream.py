@@ -120,3 +120,59 @@ def test_streamed_path_passes_gradients_to_the_pruner(model):
     assert residual.weight.grad is not None and residual.weight.grad.abs().sum() > 0
     pace.zero_grad(set_to_none=True)
     pace.eval()
+
+
+def test_aa_stack_run_in_two_parts_equals_one_run(model):
+    agg = model.aggregator
+    tokens = torch.randn(1, 3, agg.patch_start_idx + 20, agg.config.embed_dim, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        whole = agg.run_blocks(tokens, None)
+        first = agg.run_blocks(tokens, None, stop=1)
+        second = agg.run_blocks(first[0][..., agg.config.embed_dim :], None, start=1)
+    assert first[1] is None and second[0] is None
+    torch.testing.assert_close(first[0], whole[0], atol=0, rtol=0)
+    torch.testing.assert_close(second[1], whole[1], atol=1e-6, rtol=1e-6)
+    with pytest.raises(ValueError, match="whole AA blocks"):
+        agg.run_blocks(tokens, None, start=2, stop=1)
+
+
+def test_dense_tail_runs_the_last_blocks_on_the_restored_sequence(monkeypatch, model):
+    """Independent reference: restore entry 0 over all frames (FeatureGuidedRestoration.forward),
+    run block 1 of the AA stack on its global half at every grid position, predict from that."""
+    from einops import repeat
+
+    seen = []
+    streamed = pace_module.streamed_heads
+
+    def spy(backbone, restoration, entries, reduction, feats, grid_hw, image_hw, **kwargs):
+        seen.append((list(entries), reduction, feats, grid_hw, kwargs["dense_from"]))
+        return streamed(backbone, restoration, entries, reduction, feats, grid_hw, image_hw, **kwargs)
+
+    monkeypatch.setattr(pace_module, "streamed_heads", spy)
+    images = torch.rand(1, 4, 3, 56, 70, generator=torch.Generator().manual_seed(1))
+    pace = _trained_pruner(model)
+    pace.dense_tail = 1
+    with torch.no_grad():
+        out = pace(images, keep=0.3)
+        entries, reduction, feats, grid_hw, dense_from = seen[-1]
+        agg, psi = model.aggregator, model.aggregator.patch_start_idx
+        dense0 = FeatureGuidedRestoration.forward(pace.restoration, [entries[0], None], reduction, feats, grid_hw, psi)[0]
+        pos = repeat(agg.patch_positions(*grid_hw), "p two -> b s p two", b=1, s=4)
+        last = agg.run_blocks(dense0[..., agg.config.embed_dim :], pos, start=1)[1]
+        ref = model.predict([dense0, last], (56, 70), psi)
+        plain = pace.__class__.forward(_trained_pruner(model), images, keep=0.3)
+    assert dense_from == 1 and entries[1].shape[2] == psi + grid_hw[0] * grid_hw[1]
+    torch.testing.assert_close(entries[1], last, atol=1e-5, rtol=1e-5)
+    _assert_same(out, ref)
+    assert not torch.allclose(out["pose_enc"], plain["pose_enc"])  # the tail changes what the cameras see
+
+
+def test_dense_tail_is_checked():
+    from pacegeo.errors import InputError
+    from pacegeo.pace import check_dense_tail
+
+    model = VGGT(tiny(depth=2))
+    assert check_dense_tail(model, 0) == 0 and check_dense_tail(model, 1) == 1
+    for bad in (2, -1, True, 0.5):
+        with pytest.raises(InputError, match="dense tail"):
+            check_dense_tail(model, bad)

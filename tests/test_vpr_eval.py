@@ -47,3 +47,30 @@ def test_sevenscenes_place_set_follows_the_pose_thresholds(shared_dir):
             cos = float(np.clip(poses[d][:3, 2] @ poses[q][:3, 2], -1, 1))
             aligned = np.degrees(np.arccos(cos)) <= vpr_eval.SEVENSCENES_ANGLE
             assert (i in pos) == (near and aligned)
+
+
+def test_model_size_counts_parameters_and_packed_bytes():
+    plain = torch.nn.Linear(10, 4)  # 44 float32 parameters
+    assert vpr_eval.model_size(plain) == (44, 176)
+
+    class Packed(torch.nn.Linear):
+        def weight_bytes(self):
+            return 11
+
+    assert vpr_eval.model_size(Packed(10, 4)) == (44, 11)
+    assert vpr_eval.model_size(None) == (0, 0)
+
+
+def test_synthrooms_place_set_starts_at_the_requested_room(tmp_path):
+    import json
+    from types import SimpleNamespace
+
+    import pytest
+
+    args = SimpleNamespace(synth_size="56x70", synth_scenes=1, synth_queries=2, synth_seed=0, synth_scene_seed=500_123)
+    vpr_eval.build_synthrooms(tmp_path / "places", args)
+    meta = json.loads((tmp_path / "places" / "places.json").read_text())
+    assert meta["scene_seeds"] == [500_123]
+    assert len(list((tmp_path / "places" / "queries").iterdir())) == 2
+    with pytest.raises(SystemExit, match="rooms 500123..500123"):  # a folder of other rooms is not reused silently
+        vpr_eval.build_synthrooms(tmp_path / "places", SimpleNamespace(**{**vars(args), "synth_scene_seed": 7}))

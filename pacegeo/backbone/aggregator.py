@@ -93,8 +93,10 @@ class Aggregator(nn.Module):
         pos: torch.Tensor | None,
         attn_bias: torch.Tensor | None = None,
         keep_layers: set[int] | None = None,
+        start: int = 0,
+        stop: int | None = None,
     ) -> list[torch.Tensor | None]:
-        """Run the AA stack.
+        """Run the AA stack, or the part of it from entry ``start`` to entry ``stop`` (exclusive).
 
         Args:
             tokens: ``[B, S, P, C]`` input sequence (special tokens first in every frame).
@@ -103,20 +105,27 @@ class Aggregator(nn.Module):
                 attention for merged tokens); applied in frame and global attention.
             keep_layers: indices of output entries to keep; others are returned as None to save
                 memory. None keeps all.
+            start, stop: the first entry to compute and the one after the last (default: all);
+                multiples of ``aa_block_size``. ``tokens`` is then the sequence after entry
+                ``start - 1`` (the global half of that entry).
         Returns:
-            ``depth`` entries, each ``[B, S, P, 2C]`` (frame half first) or None.
+            ``depth`` entries, each ``[B, S, P, 2C]`` (frame half first) or None (entries outside
+            ``[start, stop)`` are None).
         """
         b, s, p, c = tokens.shape
         k = self.config.aa_block_size
+        stop = self.config.depth if stop is None else stop
+        if not (0 <= start <= stop <= self.config.depth and start % k == 0 and stop % k == 0):
+            raise ValueError(f"entries {start}..{stop} are not a range of whole AA blocks of this aggregator")
         frame_pos = None if pos is None or self.rope is None else rearrange(pos, "b s p two -> (b s) p two")
         global_pos = None if pos is None or self.rope is None else rearrange(pos, "b s p two -> b (s p) two")
         frame_bias = global_bias = None
         if attn_bias is not None:
             frame_bias = rearrange(attn_bias, "b s p -> (b s) 1 1 p")
             global_bias = rearrange(attn_bias, "b s p -> b 1 1 (s p)")
-        outputs: list[torch.Tensor | None] = []
-        frame_idx = global_idx = 0
-        for _ in range(self.config.depth // k):
+        outputs: list[torch.Tensor | None] = [None] * start
+        frame_idx = global_idx = start
+        for _ in range(start // k, stop // k):
             frame_states: list[torch.Tensor] = []
             global_states: list[torch.Tensor] = []
             for kind in self.config.aa_order:
@@ -140,7 +149,7 @@ class Aggregator(nn.Module):
                 keep = keep_layers is None or index in keep_layers
                 outputs.append(torch.cat((f_state, g_state), dim=-1) if keep else None)
             del f_state, g_state  # release these states before the next blocks (memory only)
-        return outputs
+        return outputs + [None] * (self.config.depth - stop)
 
     # -- full forward ----------------------------------------------------------------------------
 

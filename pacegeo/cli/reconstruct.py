@@ -78,6 +78,8 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
         keep = check_keep(keep)
         if str(pruner).lower() == "none" and keep < 1.0:
             raise InputError(f"--keep {keep:g} needs a pruner; drop --pruner none or use --keep 1")
+        if args.encoder_layer is not None and (str(pruner).lower() == "none" or args.encoder_layer < 1):
+            raise InputError(f"--encoder-layer needs a pruner and a positive block number, got {args.encoder_layer}")
         for name in ("frames", "stride", "max_points"):
             check_count(getattr(args, name), name)
         check_chunking(args.chunk, args.overlap, args.work_dir, args.loops)
@@ -119,7 +121,8 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
             progress=False if args.quiet else None,
         )
         pipe = Pipeline.from_pretrained(
-            choice, pruner=pruner, device=process_device(args.device), global_merge=args.global_merge, target_size=args.target_size or choice.target_size, dtype=args.dtype
+            choice, pruner=pruner, device=process_device(args.device), global_merge=args.global_merge,
+            encoder_layer=args.encoder_layer, target_size=args.target_size or choice.target_size, dtype=args.dtype
         )
         if pipe.notice and not args.quiet and rank == 0:
             print(f"pacegeo: note: {pipe.notice}", file=sys.stderr)
@@ -243,6 +246,9 @@ def add_reconstruct_parser(sub) -> None:
     p.add_argument("--global-merge", type=float, default=0.0, metavar="R",
                    help="also merge this share of tokens inside every global-attention block (training-free, "
                         "after FastVGGT; e.g. 0.9); 0 = off (default)")
+    p.add_argument("--encoder-layer", type=int, default=None, metavar="L",
+                   help="prune inside the DINO encoder after its block L, so that its later blocks also run on "
+                        "the kept tokens (faster, at some fidelity cost; default: prune after the encoder)")
     p.add_argument("--loops", action="store_true",
                    help="with --chunk: close loops between distant chunks found by place recognition")
     p.add_argument("--seed", type=int, default=0, help="seed of any randomness (random pruning, point subsets)")

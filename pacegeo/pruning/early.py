@@ -23,10 +23,10 @@ from einops import rearrange
 from torch import nn
 
 from pacegeo.backbone.encoder import DinoViT
-from pacegeo.errors import InputError
+from pacegeo.errors import InputError, option
 from pacegeo.pruning.merge import topk_mask
 
-__all__ = ["encoder_blocks", "prune_inside_encoder"]
+__all__ = ["check_encoder_layer", "encoder_blocks", "prune_inside_encoder"]
 
 
 def encoder_blocks(encoder: DinoViT) -> list[nn.Module]:
@@ -36,6 +36,20 @@ def encoder_blocks(encoder: DinoViT) -> list[nn.Module]:
         children = list(item) if isinstance(item, nn.ModuleList) else [item]
         blocks += [block for block in children if not isinstance(block, nn.Identity)]
     return blocks
+
+
+def check_encoder_layer(backbone: nn.Module, layer) -> int | None:
+    """``layer`` checked against ``backbone``'s encoder: None (pre-AA pruning) or an integer from 1
+    to the encoder's depth. Raises :class:`InputError` otherwise."""
+    if layer is None:
+        return None
+    encoder = backbone.aggregator.patch_embed
+    if not isinstance(encoder, DinoViT):
+        raise InputError(f"{option('encoder_layer')} needs a ViT encoder (DINOv2); this backbone has a convolutional one")
+    depth = len(encoder_blocks(encoder))
+    if isinstance(layer, bool) or not isinstance(layer, int) or not 1 <= layer <= depth:
+        raise InputError(f"{option('encoder_layer')} must be an integer from 1 to {depth} (the encoder's blocks), got {layer!r}")
+    return layer
 
 
 def prune_inside_encoder(

@@ -79,6 +79,7 @@ def streamed_heads(
     chunk: int | None = None,
     output_device: torch.device | str | None = None,
     clock=None,
+    dense_from: int | None = None,
 ) -> dict:
     """Restore and predict frame chunk by frame chunk.
 
@@ -93,6 +94,8 @@ def streamed_heads(
         output_device: where the depth and point outputs are gathered (default: their device);
             ``"cpu"`` keeps only one chunk of them on an accelerator.
         clock: a :class:`pacegeo.pace.StageClock` (or None), charged ``restoration`` and ``heads``.
+        dense_from: entries from this index on are already dense (a re-expanded tail of the AA
+            stack, :meth:`pacegeo.pace.PaceVGGT.run_dense_tail`) and are read as they are.
     Returns:
         The backbone's output dict: ``pose_enc [B, S, 9]``, ``pose_enc_list``, ``depth
         [B, S, H, W, 1]``, ``depth_conf``, ``world_points [B, S, H, W, 3]``, ``world_points_conf``.
@@ -101,8 +104,10 @@ def streamed_heads(
     b, s = feats.shape[:2]
     chunk = chunk or HEADS_CHUNK
     last = len(entries) - 1
+    dense_from = len(entries) if dense_from is None else dense_from
     taps = dense_head_layers(backbone)
-    context_needed = restoration.camera is not None and backbone.camera_head is not None
+    # The camera-token correction compensates a token that attended over the reduced sequence.
+    context_needed = restoration.camera is not None and backbone.camera_head is not None and last < dense_from
     layers = sorted(set(taps) | ({last} if context_needed else set()))
     missing = [i for i in layers if entries[i] is None]
     if missing:
@@ -116,7 +121,10 @@ def streamed_heads(
         plan = restoration.plan(part, feats[:, start:stop], grid_hw)
         dense: list[torch.Tensor | None] = [None] * len(entries)
         for i in layers:
-            dense[i] = restoration.restore_layer(entries[i][:, start:stop], part, plan, psi, i)
+            if i >= dense_from:
+                dense[i] = entries[i][:, start:stop]
+            else:
+                dense[i] = restoration.restore_layer(entries[i][:, start:stop], part, plan, psi, i)
         del plan
         if context_needed:
             mean = dense[last][:, :, psi:].mean(dim=2)  # [B, chunk, 2C]
