@@ -255,7 +255,13 @@ def write_markdown(records: list[dict], path: Path) -> None:
     cols = ["frames", "pruner", "keep", "abs_rel", "abs_rel_constant", "delta_1_25", "rot_err_med",
             "rot_err_identity_med", "rra15", "rta15", "auc30", "chamfer", "rot_dev_med", "trans_dev_med",
             "depth_dev_med", "points_dev", "median_s"]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines = []
+    variants = {(r.get("encoder_layer"), r.get("dense_tail", 0)) for r in records if r["pruner"] != "none"}
+    for layer, tail in sorted(variants, key=str):
+        if layer is not None or tail:
+            lines += [f"Pruned runs: {'inside the encoder after its block %d' % layer if layer is not None else 'before the AA stack'}"
+                      f"{', last %d AA blocks on the re-expanded sequence' % tail if tail else ''}.", ""]
+    lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in records:
         cells = (r.get(c, "-") for c in cols)
         lines.append("| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in cells) + " |")
