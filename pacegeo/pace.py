@@ -410,39 +410,14 @@ class PaceVGGT(nn.Module):
                 clock.mark("embed")
             clock.mark("scorer")
             reduction, budgets = self.reduce(feats, scores, counts, merge_ratio)
-            with no_autocast(device):
-                slots = reduction.tokens  # [B, S, K, C]
-                if soft:
+            scale = None
+            if soft:
+                with no_autocast(device):
                     mask = straight_through_mask(scores, torch.tensor(counts, device=device), self.st_temperature)
-                    slots = slots * gather_tokens(mask[..., None], reduction.kept_idx).to(slots.dtype)
-                width_k = slots.shape[2]
-                tokens = torch.cat((agg.special_tokens(b, s).to(slots.dtype), slots), dim=2)
-                del slots
-                # The slot features now live in `tokens`, and restoration does not read them: free them.
-                reduction = replace(reduction, tokens=reduction.tokens.new_empty(b, s, 0, reduction.tokens.shape[-1]))
-                pos = None
-                if agg.rope is not None:
-                    grid_pos = agg.patch_positions(*grid_hw, device=device)  # [P, 2]
-                    kept_pos = grid_pos[psi:][reduction.kept_idx]  # [B, S, K, 2] original positions
-                    special_pos = repeat(grid_pos[:psi], "p two -> b s p two", b=b, s=s)
-                    pos = torch.cat((special_pos, kept_pos), dim=2)
-                bias = None
-                if bool((reduction.sizes != 1).any()):  # merged groups or padded slots
-                    log_sizes = reduction.attn_bias()
-                    bias = torch.cat((log_sizes.new_zeros(b, s, psi), log_sizes), dim=2)
-            clock.mark("select")
-            split = agg.config.depth - self.dense_tail
-            keep_layers = backbone.head_layers() | ({split - 1} if self.dense_tail else set())
-            entries = agg.run_blocks(tokens, pos, attn_bias=bias, keep_layers=keep_layers, stop=split)
-            del tokens
-            if split < agg.config.depth:
-                entries = self.run_dense_tail(entries, split, reduction, feats, grid_hw)
-            clock.mark("aa")
-            out = streamed_heads(
-                backbone, self.restoration, entries, reduction, feats, grid_hw, (height, width),
-                chunk=self.heads_chunk, output_device=output_device, clock=clock, dense_from=split,
-            )
-        del entries, feats
+                    scale = gather_tokens(mask[..., None], reduction.kept_idx)
+            width_k = reduction.kept_idx.shape[2]
+            out = self.run_reduced(reduction, feats, grid_hw, (height, width), clock, output_device, scale)
+        del feats
         if not backbone.training:
             out["images"] = images
 
@@ -467,6 +442,60 @@ class PaceVGGT(nn.Module):
         )
         out["pruning"] = stats
         return out
+
+    def run_reduced(
+        self,
+        reduction: TokenReduction,
+        feats: torch.Tensor,
+        grid_hw: tuple[int, int],
+        image_hw: tuple[int, int],
+        clock: "StageClock | None" = None,
+        output_device: torch.device | str | None = None,
+        slot_scale: torch.Tensor | None = None,
+    ) -> dict:
+        """The AA stack on the special tokens and the slots of ``reduction`` (original RoPE
+        positions, ``log(size)`` attention bias for merged groups), then the streamed restoration
+        and heads: the backbone's output dict.
+
+        Args:
+            reduction: slots ``[B, S, K, C]`` and where every grid token went.
+            feats: ``[B, S, N, C]`` patch features that guide the restoration.
+            slot_scale: optional ``[B, S, K, 1]`` factor on the slots (the straight-through mask).
+        """
+        backbone, agg = self.backbone, self.backbone.aggregator
+        psi, (b, s) = agg.patch_start_idx, feats.shape[:2]
+        device = feats.device
+        mark = clock.mark if clock is not None else (lambda stage: None)
+        with no_autocast(device):
+            slots = reduction.tokens  # [B, S, K, C]
+            if slot_scale is not None:
+                slots = slots * slot_scale.to(slots.dtype)
+            tokens = torch.cat((agg.special_tokens(b, s).to(slots.dtype), slots), dim=2)
+            del slots
+            # The slot features now live in `tokens`, and restoration does not read them: free them.
+            reduction = replace(reduction, tokens=reduction.tokens.new_empty(b, s, 0, reduction.tokens.shape[-1]))
+            pos = None
+            if agg.rope is not None:
+                grid_pos = agg.patch_positions(*grid_hw, device=device)  # [P, 2]
+                kept_pos = grid_pos[psi:][reduction.kept_idx]  # [B, S, K, 2] original positions
+                special_pos = repeat(grid_pos[:psi], "p two -> b s p two", b=b, s=s)
+                pos = torch.cat((special_pos, kept_pos), dim=2)
+            bias = None
+            if bool((reduction.sizes != 1).any()):  # merged groups or padded slots
+                log_sizes = reduction.attn_bias()
+                bias = torch.cat((log_sizes.new_zeros(b, s, psi), log_sizes), dim=2)
+        mark("select")
+        split = agg.config.depth - self.dense_tail
+        keep_layers = backbone.head_layers() | ({split - 1} if self.dense_tail else set())
+        entries = agg.run_blocks(tokens, pos, attn_bias=bias, keep_layers=keep_layers, stop=split)
+        del tokens
+        if split < agg.config.depth:
+            entries = self.run_dense_tail(entries, split, reduction, feats, grid_hw)
+        mark("aa")
+        return streamed_heads(
+            backbone, self.restoration, entries, reduction, feats, grid_hw, image_hw,
+            chunk=self.heads_chunk, output_device=output_device, clock=clock, dense_from=split,
+        )
 
     def run_dense_tail(
         self, entries: list, split: int, reduction, feats: torch.Tensor, grid_hw: tuple[int, int]
