@@ -6,6 +6,7 @@ import pytest
 
 from pacegeo.hub import CHECKPOINT_FORMAT, backbone_fingerprint, checkpoints_dir, load_backbone, read_metadata
 from pacegeo.pruning.checkpoint import PRUNER_FORMAT, load_pruner
+from pacegeo.pruning.come import COME_FORMAT, load_confidence
 from pacegeo.vpr import load_vpr
 from pacegeo.vpr.extract import VPR_FORMAT
 
@@ -17,9 +18,9 @@ def backbone():
     return load_backbone("pacegeo-tiny")
 
 
-def test_the_bundle_holds_a_backbone_a_pruner_and_a_vpr_head():
+def test_the_bundle_holds_a_backbone_a_pruner_a_vpr_head_and_a_merging_predictor():
     formats = sorted(read_metadata(path).get("format", "") for path in BUNDLED)
-    assert formats == sorted([CHECKPOINT_FORMAT, PRUNER_FORMAT, VPR_FORMAT])
+    assert formats == sorted([CHECKPOINT_FORMAT, PRUNER_FORMAT, VPR_FORMAT, COME_FORMAT])
 
 
 @pytest.mark.parametrize("path", BUNDLED, ids=lambda p: p.name)
@@ -35,5 +36,8 @@ def test_bundled_checkpoint_loads_on_the_bundled_backbone(path, backbone):
         assert meta["backbone_fingerprint"] == backbone_fingerprint(backbone)
         extractor = load_vpr(path, backbone=backbone)
         assert extractor.scorer is not None and extractor.encoder is backbone.aggregator.patch_embed
+    elif kind == COME_FORMAT:
+        assert meta["backbone_fingerprint"] == backbone_fingerprint(backbone)
+        assert load_confidence(path, backbone).config.layer == 1
     else:
         pytest.fail(f"{path.name} has an unknown format {kind!r}")
