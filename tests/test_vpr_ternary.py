@@ -199,3 +199,27 @@ def test_stored_bytes_are_at_most_an_eighth_of_the_teachers_linear_weights(tmp_p
     stored = load_file(str(path))
     assert student.weight_bytes() == sum(t.numel() * t.element_size() for t in stored.values())
     assert isinstance(load_ternary_vpr(path), TernaryExtractor)
+
+
+def test_eval_gives_one_ternary_row_per_activation_keep(tmp_path):
+    import json
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from helpers import load_script
+
+    vpr_eval = load_script(Path(__file__).resolve().parents[1] / "eval" / "vpr.py", "eval")
+    teacher = _extractor()
+    student = ternary_from_teacher(teacher).eval()
+    ckpt = save_ternary_vpr(student, tmp_path / "t.safetensors", "x", backbone_fingerprint(teacher.encoder))
+    places = tmp_path / "places"
+    vpr_eval.build_synthrooms(places, SimpleNamespace(synth_size="56x70", synth_scenes=1, synth_queries=3,
+                                                      synth_seed=0, synth_scene_seed=600_000))
+    out = tmp_path / "r.json"
+    assert vpr_eval.main(["--synthrooms", str(places), "--synth-scenes", "1", "--synth-scene-seed", "600000",
+                          "--head", "ternary", "--ternary", str(ckpt), "--keep", "1.0", "--activation-keep", "1.0", "0.5",
+                          "--size", "70", "--threads", "1", "--device", "cpu", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    assert [(r["head"], r["keep"], r["activation_keep"]) for r in rows] == [("ternary", 1.0, 1.0), ("ternary", 1.0, 0.5)]
+    assert {r["weight_bytes"] for r in rows} == {student.weight_bytes()}
+    assert rows[0]["num_queries"] == 3
