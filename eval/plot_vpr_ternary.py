@@ -37,7 +37,8 @@ def main(argv=None) -> int:
         if not keeps:
             print(f"error: {path} has no ternary rows at token keep 1.0", file=sys.stderr)
             return 1
-        label = records[0]["dataset"].split(":")[-1]
+        dataset = records[0]["dataset"]
+        label = "SynthRooms places" if dataset.startswith("synthrooms:") else dataset.split(":")[-1]
         color = f"C{i}"
         ax.plot(keeps, r1, "o-", color=color, label=f"{label} ({records[0]['num_queries']} q)")
         if teacher is not None:
