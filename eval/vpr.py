@@ -17,18 +17,21 @@ pairing. Recall@N counts a query as found if any of its first N retrieved databa
 correct; queries without a positive stay in the denominator. Retrieval is exact inner-product
 search (faiss ``IndexFlatIP``) on L2-normalised descriptors.
 
-Heads: ``trained`` (the VPR checkpoint ``--vpr``; its learned token scorer by default), ``gem``
+Heads: ``trained`` (the VPR checkpoint ``--vpr``; its learned token scorer by default), ``ternary``
+(the ternary-weight extractor ``--ternary``, :mod:`pacegeo.vpr.ternary`; one row per token keep and
+per activation keep of ``--activation-keep``, record key ``activation_keep``), ``gem``
 and ``vlad`` (training-free; VLAD fits its vocabulary on the database images, unpruned, before
 timing; both rank tokens by the training-free distinctiveness rule by default), and ``pixels``
 (no model: each image as 64x48 grey levels, zero-mean, unit-norm; one row at keep 1), the baseline
 a trained head must beat. ``ms_per_image``
 is the descriptor-extraction time per image (database and queries, batches of ``--batch``,
-image loading excluded).
+image loading excluded). The ternary head has no ternary or sparse kernel (dense float matmuls plus
+the top-k selection of activations), so its time is no faster than the float encoder's.
 
 JSON output: one record per (head, keep) with ``R@1 R@5 R@10 R@20`` (fractions), ``R@1_ci95``
 (a 95% bootstrap interval over queries), ``head``,
-``keep``, ``scoring``, ``ms_per_image``, ``params`` and ``weight_bytes`` (encoder, head and scorer;
-packed sizes where a model stores its weights packed), ``dataset``, ``model``, ``size``, ``num_database``,
+``keep``, ``scoring``, ``activation_keep`` (ternary head only), ``ms_per_image``, ``params`` and
+``weight_bytes`` (encoder, head and scorer; packed sizes where a model stores its weights packed), ``dataset``, ``model``, ``size``, ``num_database``,
 ``num_queries``, ``gt`` (ground-truth style) and ``descriptor_dim``.
 """
 
@@ -51,7 +54,7 @@ from pacegeo.vpr.head import GeMConfig, GeMHead, VLADConfig, VLADHead
 from pacegeo.vpr.index import DescriptorIndex
 from pacegeo.vpr.recall import DEFAULT_NS, positives_for_folders, recall_at_n
 
-HEADS = ("trained", "gem", "vlad", "pixels")
+HEADS = ("trained", "ternary", "gem", "vlad", "pixels")
 
 
 def parse_args(argv=None):
@@ -66,7 +69,7 @@ def parse_args(argv=None):
                      help="evaluate a SynthRooms place set in this folder (rendered first if missing)")
     src.add_argument("--synth-scenes", type=int, default=6, help="SynthRooms rooms (seeds S, S+1, ...)")
     src.add_argument("--synth-scene-seed", type=int, default=30_000,
-                     help="S: first room seed of the place set (the VPR training rooms start at 1000; default 30000)")
+                     help="S: first room seed of the place set (VPR training rooms are 10000+, validation rooms 20000+; default 30000)")
     src.add_argument("--synth-queries", type=int, default=30, help="queries per SynthRooms room")
     src.add_argument("--synth-size", default="168x224", help="HxW of the rendered views")
     src.add_argument("--synth-seed", type=int, default=0)
@@ -77,6 +80,9 @@ def parse_args(argv=None):
     m.add_argument("--model", default=None,
                    help="backbone name or path (default: the one the VPR checkpoint names; pacegeo-tiny otherwise)")
     m.add_argument("--vpr", default="pacegeo-tiny-vpr", help="VPR checkpoint for --head trained")
+    m.add_argument("--ternary", default="pacegeo-tiny-vpr-ternary", help="ternary VPR checkpoint for --head ternary")
+    m.add_argument("--activation-keep", nargs="+", type=float, default=[1.0],
+                   help="ternary head: fractions of input activations each ternary layer keeps per token (one row each)")
     m.add_argument("--head", nargs="+", default=list(HEADS), choices=HEADS)
     m.add_argument("--keep", nargs="+", type=float, default=[1.0, 0.5, 0.3])
     m.add_argument("--scoring", default="auto", choices=("auto",) + SCORINGS,
@@ -209,7 +215,8 @@ def score_row(db: torch.Tensor, qs: torch.Tensor, db_files, positives, row: dict
     low, high = recall1_interval(np.asarray(ids), positives)
     row.update({f"R@{n}": round(v, 4) for n, v in recall.items()}, **{"R@1_ci95": [round(low, 4), round(high, 4)]},
                descriptor_dim=int(db.shape[1]))
-    print(f"  {row['head']:8s} keep {row['keep']:4.2f} ({row['scoring']:15s}) R@1 {row['R@1']:.3f} "
+    act = f" act {row['activation_keep']:4.2f}" if "activation_keep" in row else ""
+    print(f"  {row['head']:8s} keep {row['keep']:4.2f}{act} ({row['scoring']:15s}) R@1 {row['R@1']:.3f} "
           f"[{low:.3f}, {high:.3f}]  R@5 {row['R@5']:.3f}  R@10 {row['R@10']:.3f}  R@20 {row['R@20']:.3f}  "
           f"{row['ms_per_image']:7.2f} ms/img", flush=True)
     return row
@@ -240,7 +247,7 @@ def main(argv=None) -> int:
 
         backbone = None
         model_name = args.model
-        if args.model is not None or any(h not in ("trained", "pixels") for h in args.head):
+        if args.model is not None or any(h not in ("trained", "ternary", "pixels") for h in args.head):
             model_name = args.model or "pacegeo-tiny"
             backbone = load_backbone(model_name, device=args.device)
         records = []
@@ -253,7 +260,14 @@ def main(argv=None) -> int:
                     dataset=dataset, model="none", head="pixels", keep=1.0, scoring="none", params=0, weight_bytes=0,
                     ms_per_image=round(1000 * seconds / (len(db) + len(qs)), 3))))
                 continue
-            if head_name == "trained":
+            if head_name == "ternary":  # self-contained: its own encoder, head and scorer
+                from pacegeo.vpr.ternary import load_ternary_vpr, read_ternary_metadata
+
+                meta = read_ternary_metadata(resolve_vpr(args.ternary))
+                extractor = load_ternary_vpr(args.ternary, device=args.device)
+                name = f"{Path(resolve_vpr(args.ternary)).stem} (ternary, from {meta['backbone']})"
+                default_scoring = "learned" if extractor.scorer is not None else "distinctiveness"
+            elif head_name == "trained":
                 meta = read_vpr_metadata(resolve_vpr(args.vpr))
                 extractor = load_vpr(args.vpr, backbone=backbone, device=args.device)
                 name = model_name or meta["backbone"]
@@ -269,12 +283,17 @@ def main(argv=None) -> int:
                 extractor.fit(db_images, batch_size=args.batch)
             params, weight_bytes = model_size(extractor)
             for keep in args.keep:
-                db, t_db = timed_describe(extractor, db_images, keep, args.batch)
-                qs, t_q = timed_describe(extractor, q_images, keep, args.batch)
-                records.append(score_row(db, qs, db_files, positives, dict(
-                    dataset=dataset, model=str(name), head=head_name, keep=keep,
-                    scoring=extractor.scoring if keep < 1 else "none", params=params, weight_bytes=weight_bytes,
-                    ms_per_image=round(1000 * (t_db + t_q) / (len(db) + len(qs)), 3))))
+                for act in args.activation_keep if head_name == "ternary" else [None]:
+                    extra = {}
+                    if act is not None:
+                        extractor.keep_activations = act
+                        extra = {"activation_keep": act}
+                    db, t_db = timed_describe(extractor, db_images, keep, args.batch)
+                    qs, t_q = timed_describe(extractor, q_images, keep, args.batch)
+                    records.append(score_row(db, qs, db_files, positives, dict(
+                        dataset=dataset, model=str(name), head=head_name, keep=keep,
+                        scoring=extractor.scoring if keep < 1 else "none", params=params, weight_bytes=weight_bytes,
+                        ms_per_image=round(1000 * (t_db + t_q) / (len(db) + len(qs)), 3), **extra)))
         for rec in records:
             rec.update(size=list(db_images.shape[-2:]), num_database=len(db_files), num_queries=len(q_files), gt=gt_style,
                        device=str(args.device), threads=torch.get_num_threads())

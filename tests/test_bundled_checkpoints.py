@@ -1,6 +1,6 @@
 """Every checkpoint shipped in checkpoints/ loads through the public API onto the bundled backbone,
-with the backbone identity checks on: a bundled head or pruner trained on another backbone
-snapshot fails here."""
+with the backbone identity checks on: a bundled head, pruner or ternary extractor trained on (or
+distilled from) another backbone snapshot fails here."""
 
 import pytest
 
@@ -9,6 +9,7 @@ from pacegeo.pruning.checkpoint import PRUNER_FORMAT, load_pruner
 from pacegeo.pruning.come import COME_FORMAT, load_confidence
 from pacegeo.vpr import load_vpr
 from pacegeo.vpr.extract import VPR_FORMAT
+from pacegeo.vpr.ternary import TERNARY_FORMAT, TernaryExtractor, load_ternary_vpr
 
 BUNDLED = sorted(checkpoints_dir().glob("*.safetensors"))
 
@@ -18,9 +19,9 @@ def backbone():
     return load_backbone("pacegeo-tiny")
 
 
-def test_the_bundle_holds_a_backbone_a_pruner_a_vpr_head_and_a_merging_predictor():
+def test_the_bundle_holds_every_kind_of_checkpoint_once():
     formats = sorted(read_metadata(path).get("format", "") for path in BUNDLED)
-    assert formats == sorted([CHECKPOINT_FORMAT, PRUNER_FORMAT, VPR_FORMAT, COME_FORMAT])
+    assert formats == sorted([CHECKPOINT_FORMAT, PRUNER_FORMAT, VPR_FORMAT, COME_FORMAT, TERNARY_FORMAT])
 
 
 @pytest.mark.parametrize("path", BUNDLED, ids=lambda p: p.name)
@@ -39,5 +40,9 @@ def test_bundled_checkpoint_loads_on_the_bundled_backbone(path, backbone):
     elif kind == COME_FORMAT:
         assert meta["backbone_fingerprint"] == backbone_fingerprint(backbone)
         assert load_confidence(path, backbone).config.layer == 1
+    elif kind == TERNARY_FORMAT:
+        assert meta["backbone_fingerprint"] == backbone_fingerprint(backbone)
+        extractor = load_ternary_vpr(path, backbone=backbone)
+        assert isinstance(extractor, TernaryExtractor) and extractor.scorer is not None
     else:
         pytest.fail(f"{path.name} has an unknown format {kind!r}")

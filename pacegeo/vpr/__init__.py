@@ -6,6 +6,9 @@ token pruning), a retrieval index, and recall evaluation.
     db = DescriptorIndex(extractor.head.out_dim)
     db.add(extractor.describe(map_images, keep=0.5), names, poses, intrinsics)
     scores, ids = db.search(extractor.describe(query_images, keep=0.5), k=5)
+
+    ternary = load_ternary_vpr("pacegeo-tiny-vpr-ternary")  # ternary weights, self-contained
+    ternary.keep_activations = 0.6                          # activation sparsity, no retraining
 """
 
 from pacegeo.vpr.extract import (
@@ -26,12 +29,15 @@ from pacegeo.vpr.recall import (
     positives_from_utm,
     recall_at_n,
 )
+from pacegeo.vpr.ternary import TernaryExtractor, TernaryLinear, load_ternary_vpr, save_ternary_vpr
 
 __all__ = [
     "DescriptorExtractor",
     "DescriptorIndex",
     "EncodedTokens",
     "GeMConfig",
+    "TernaryExtractor",
+    "TernaryLinear",
     "GeMHead",
     "VLADConfig",
     "VLADHead",
@@ -41,6 +47,7 @@ __all__ = [
     "distillation_loss",
     "distillation_target",
     "load_gt_file",
+    "load_ternary_vpr",
     "load_vpr",
     "log_sinkhorn",
     "positives_by_index",
@@ -48,6 +55,7 @@ __all__ = [
     "positives_from_poses",
     "positives_from_utm",
     "recall_at_n",
+    "save_ternary_vpr",
     "save_vpr",
 ]
 
