@@ -17,7 +17,9 @@ pairing. Recall@N counts a query as found if any of its first N retrieved databa
 correct; queries without a positive stay in the denominator. Retrieval is exact inner-product
 search (faiss ``IndexFlatIP``) on L2-normalised descriptors.
 
-Heads: ``trained`` (the VPR checkpoint ``--vpr``; its learned token scorer by default), ``gem``
+Heads: ``trained`` (the VPR checkpoint ``--vpr``; its learned token scorer by default), ``student``
+(the distilled student ``--student``, :mod:`pacegeo.vpr.student`: its own small encoder and head, no
+backbone; it has no learned scorer, so ``keep < 1`` ranks its tokens by distinctiveness), ``gem``
 and ``vlad`` (training-free; VLAD fits its vocabulary on the database images, unpruned, before
 timing; both rank tokens by the training-free distinctiveness rule by default), and ``pixels``
 (no model: each image as 64x48 grey levels, zero-mean, unit-norm; one row at keep 1), the baseline
@@ -50,8 +52,9 @@ from pacegeo.vpr.extract import SCORINGS, DescriptorExtractor, load_vpr, read_vp
 from pacegeo.vpr.head import GeMConfig, GeMHead, VLADConfig, VLADHead
 from pacegeo.vpr.index import DescriptorIndex
 from pacegeo.vpr.recall import DEFAULT_NS, positives_for_folders, recall_at_n
+from pacegeo.vpr.student import load_student
 
-HEADS = ("trained", "gem", "vlad", "pixels")
+HEADS = ("trained", "student", "gem", "vlad", "pixels")
 
 
 def parse_args(argv=None):
@@ -77,6 +80,8 @@ def parse_args(argv=None):
     m.add_argument("--model", default=None,
                    help="backbone name or path (default: the one the VPR checkpoint names; pacegeo-tiny otherwise)")
     m.add_argument("--vpr", default="pacegeo-tiny-vpr", help="VPR checkpoint for --head trained")
+    m.add_argument("--student", default="pacegeo-tiny-vpr-student",
+                   help="distilled student (pacegeo.vpr.student) for --head student: a path or a bundled name")
     m.add_argument("--head", nargs="+", default=list(HEADS), choices=HEADS)
     m.add_argument("--keep", nargs="+", type=float, default=[1.0, 0.5, 0.3])
     m.add_argument("--scoring", default="auto", choices=("auto",) + SCORINGS,
@@ -240,7 +245,7 @@ def main(argv=None) -> int:
 
         backbone = None
         model_name = args.model
-        if args.model is not None or any(h not in ("trained", "pixels") for h in args.head):
+        if args.model is not None or any(h not in ("trained", "student", "pixels") for h in args.head):
             model_name = args.model or "pacegeo-tiny"
             backbone = load_backbone(model_name, device=args.device)
         records = []
@@ -258,6 +263,10 @@ def main(argv=None) -> int:
                 extractor = load_vpr(args.vpr, backbone=backbone, device=args.device)
                 name = model_name or meta["backbone"]
                 default_scoring = "learned" if extractor.scorer is not None else "distinctiveness"
+            elif head_name == "student":  # its own encoder: no backbone
+                extractor = load_student(args.student, device=args.device)
+                name = str(args.student)
+                default_scoring = "distinctiveness"
             else:
                 dim = backbone.config.aggregator.embed_dim
                 head = GeMHead(GeMConfig(dim)) if head_name == "gem" else VLADHead(VLADConfig(dim, args.vlad_clusters))

@@ -1,13 +1,14 @@
 """Every checkpoint shipped in checkpoints/ loads through the public API onto the bundled backbone,
 with the backbone identity checks on: a bundled head or pruner trained on another backbone
-snapshot fails here."""
+snapshot, or a student distilled from another teacher, fails here."""
 
 import pytest
 
 from pacegeo.hub import CHECKPOINT_FORMAT, backbone_fingerprint, checkpoints_dir, load_backbone, read_metadata
 from pacegeo.pruning.checkpoint import PRUNER_FORMAT, load_pruner
 from pacegeo.vpr import load_vpr
-from pacegeo.vpr.extract import VPR_FORMAT
+from pacegeo.vpr.extract import VPR_FORMAT, file_sha256, resolve_vpr
+from pacegeo.vpr.student import STUDENT_FORMAT, load_student
 
 BUNDLED = sorted(checkpoints_dir().glob("*.safetensors"))
 
@@ -17,9 +18,9 @@ def backbone():
     return load_backbone("pacegeo-tiny")
 
 
-def test_the_bundle_holds_a_backbone_a_pruner_and_a_vpr_head():
+def test_the_bundle_holds_a_backbone_a_pruner_a_vpr_head_and_its_student():
     formats = sorted(read_metadata(path).get("format", "") for path in BUNDLED)
-    assert formats == sorted([CHECKPOINT_FORMAT, PRUNER_FORMAT, VPR_FORMAT])
+    assert formats == sorted([CHECKPOINT_FORMAT, PRUNER_FORMAT, VPR_FORMAT, STUDENT_FORMAT])
 
 
 @pytest.mark.parametrize("path", BUNDLED, ids=lambda p: p.name)
@@ -35,5 +36,9 @@ def test_bundled_checkpoint_loads_on_the_bundled_backbone(path, backbone):
         assert meta["backbone_fingerprint"] == backbone_fingerprint(backbone)
         extractor = load_vpr(path, backbone=backbone)
         assert extractor.scorer is not None and extractor.encoder is backbone.aggregator.patch_embed
+    elif kind == STUDENT_FORMAT:  # distilled from the bundled teacher, as it is now
+        assert meta["teacher_backbone_fingerprint"] == backbone_fingerprint(backbone)
+        assert meta["teacher_sha256"] == file_sha256(resolve_vpr(meta["teacher"]))
+        assert load_student(path).head.out_dim > 0
     else:
         pytest.fail(f"{path.name} has an unknown format {kind!r}")

@@ -6,6 +6,8 @@ token pruning), a retrieval index, and recall evaluation.
     db = DescriptorIndex(extractor.head.out_dim)
     db.add(extractor.describe(map_images, keep=0.5), names, poses, intrinsics)
     scores, ids = db.search(extractor.describe(query_images, keep=0.5), k=5)
+
+    student = load_student("pacegeo-tiny-vpr-student")  # a distilled extractor with ~1/6 of the weights
 """
 
 from pacegeo.vpr.extract import (
@@ -26,11 +28,16 @@ from pacegeo.vpr.recall import (
     positives_from_utm,
     recall_at_n,
 )
+from pacegeo.vpr.relations import confusion_weights, multi_similarity_loss, relation_loss, teacher_hard_pairs
+from pacegeo.vpr.student import FeatureAlignment, StudentConfig, StudentExtractor, load_student, save_student
 
 __all__ = [
     "DescriptorExtractor",
     "DescriptorIndex",
     "EncodedTokens",
+    "FeatureAlignment",
+    "StudentConfig",
+    "StudentExtractor",
     "GeMConfig",
     "GeMHead",
     "VLADConfig",
@@ -38,17 +45,23 @@ __all__ = [
     "WeightedOTConfig",
     "WeightedOTHead",
     "build_head",
+    "confusion_weights",
     "distillation_loss",
     "distillation_target",
     "load_gt_file",
+    "load_student",
     "load_vpr",
     "log_sinkhorn",
+    "multi_similarity_loss",
     "positives_by_index",
     "positives_for_folders",
     "positives_from_poses",
     "positives_from_utm",
     "recall_at_n",
+    "relation_loss",
+    "save_student",
     "save_vpr",
+    "teacher_hard_pairs",
 ]
 
 
