@@ -19,7 +19,9 @@ search (faiss ``IndexFlatIP``) on L2-normalised descriptors.
 
 Heads: ``trained`` (the VPR checkpoint ``--vpr``; its learned token scorer by default), ``ternary``
 (the ternary-weight extractor ``--ternary``, :mod:`pacegeo.vpr.ternary`; one row per token keep and
-per activation keep of ``--activation-keep``, record key ``activation_keep``), ``gem``
+per activation keep of ``--activation-keep``, record key ``activation_keep``), ``student``
+(the distilled student ``--student``, :mod:`pacegeo.vpr.student`: its own small encoder and head, no
+backbone; it has no learned scorer, so ``keep < 1`` ranks its tokens by distinctiveness), ``gem``
 and ``vlad`` (training-free; VLAD fits its vocabulary on the database images, unpruned, before
 timing; both rank tokens by the training-free distinctiveness rule by default), and ``pixels``
 (no model: each image as 64x48 grey levels, zero-mean, unit-norm; one row at keep 1), the baseline
@@ -53,8 +55,9 @@ from pacegeo.vpr.extract import SCORINGS, DescriptorExtractor, load_vpr, read_vp
 from pacegeo.vpr.head import GeMConfig, GeMHead, VLADConfig, VLADHead
 from pacegeo.vpr.index import DescriptorIndex
 from pacegeo.vpr.recall import DEFAULT_NS, positives_for_folders, recall_at_n
+from pacegeo.vpr.student import load_student
 
-HEADS = ("trained", "ternary", "gem", "vlad", "pixels")
+HEADS = ("trained", "ternary", "student", "gem", "vlad", "pixels")
 
 
 def parse_args(argv=None):
@@ -83,6 +86,8 @@ def parse_args(argv=None):
     m.add_argument("--ternary", default="pacegeo-tiny-vpr-ternary", help="ternary VPR checkpoint for --head ternary")
     m.add_argument("--activation-keep", nargs="+", type=float, default=[1.0],
                    help="ternary head: fractions of input activations each ternary layer keeps per token (one row each)")
+    m.add_argument("--student", default="pacegeo-tiny-vpr-student",
+                   help="distilled student (pacegeo.vpr.student) for --head student: a path or a bundled name")
     m.add_argument("--head", nargs="+", default=list(HEADS), choices=HEADS)
     m.add_argument("--keep", nargs="+", type=float, default=[1.0, 0.5, 0.3])
     m.add_argument("--scoring", default="auto", choices=("auto",) + SCORINGS,
@@ -247,7 +252,7 @@ def main(argv=None) -> int:
 
         backbone = None
         model_name = args.model
-        if args.model is not None or any(h not in ("trained", "ternary", "pixels") for h in args.head):
+        if args.model is not None or any(h not in ("trained", "ternary", "student", "pixels") for h in args.head):
             model_name = args.model or "pacegeo-tiny"
             backbone = load_backbone(model_name, device=args.device)
         records = []
@@ -272,6 +277,10 @@ def main(argv=None) -> int:
                 extractor = load_vpr(args.vpr, backbone=backbone, device=args.device)
                 name = model_name or meta["backbone"]
                 default_scoring = "learned" if extractor.scorer is not None else "distinctiveness"
+            elif head_name == "student":  # its own encoder: no backbone
+                extractor = load_student(args.student, device=args.device)
+                name = str(args.student)
+                default_scoring = "distinctiveness"
             else:
                 dim = backbone.config.aggregator.embed_dim
                 head = GeMHead(GeMConfig(dim)) if head_name == "gem" else VLADHead(VLADConfig(dim, args.vlad_clusters))

@@ -9,6 +9,7 @@ token pruning), a retrieval index, and recall evaluation.
 
     ternary = load_ternary_vpr("pacegeo-tiny-vpr-ternary")  # ternary weights, self-contained
     ternary.keep_activations = 0.6                          # activation sparsity, no retraining
+    student = load_student("pacegeo-tiny-vpr-student")  # a distilled extractor with ~1/6 of the weights
 """
 
 from pacegeo.vpr.extract import (
@@ -30,11 +31,16 @@ from pacegeo.vpr.recall import (
     recall_at_n,
 )
 from pacegeo.vpr.ternary import TernaryExtractor, TernaryLinear, load_ternary_vpr, save_ternary_vpr
+from pacegeo.vpr.relations import confusion_weights, multi_similarity_loss, relation_loss, teacher_hard_pairs
+from pacegeo.vpr.student import FeatureAlignment, StudentConfig, StudentExtractor, load_student, save_student
 
 __all__ = [
     "DescriptorExtractor",
     "DescriptorIndex",
     "EncodedTokens",
+    "FeatureAlignment",
+    "StudentConfig",
+    "StudentExtractor",
     "GeMConfig",
     "TernaryExtractor",
     "TernaryLinear",
@@ -44,19 +50,25 @@ __all__ = [
     "WeightedOTConfig",
     "WeightedOTHead",
     "build_head",
+    "confusion_weights",
     "distillation_loss",
     "distillation_target",
     "load_gt_file",
     "load_ternary_vpr",
+    "load_student",
     "load_vpr",
     "log_sinkhorn",
+    "multi_similarity_loss",
     "positives_by_index",
     "positives_for_folders",
     "positives_from_poses",
     "positives_from_utm",
     "recall_at_n",
     "save_ternary_vpr",
+    "relation_loss",
+    "save_student",
     "save_vpr",
+    "teacher_hard_pairs",
 ]
 
 
