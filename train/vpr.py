@@ -45,10 +45,11 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 
 from pacegeo.backbone import VGGT, pacegeo_tiny
-from pacegeo.errors import CheckpointError
+from pacegeo.errors import CheckpointError, PacegeoError
 from pacegeo.hub import backbone_fingerprint, load_backbone, resolve_weights, save_backbone
 from pacegeo.pruning.budget import keep_count
 from pacegeo.pruning.scorer import ScorerConfig, TokenScorer
+from pacegeo.training.setup import metric_learning, parse_hw
 from pacegeo.vpr.extract import DescriptorExtractor, distillation_loss, distillation_target, save_vpr
 from pacegeo.vpr.head import GeMConfig, GeMHead, WeightedOTConfig, WeightedOTHead
 from pacegeo.vpr.index import DescriptorIndex
@@ -200,17 +201,10 @@ def print_rows(title: str, rows: list[dict]) -> None:
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
-        height, width = (int(v) for v in args.size.lower().split("x"))
-    except ValueError:
-        print(f"error: --size {args.size!r} must be HxW", file=sys.stderr)
-        return 2
-    if height % 14 or width % 14:
-        print(f"error: --size {args.size}: both sides must be multiples of 14", file=sys.stderr)
-        return 2
-    try:
-        from pytorch_metric_learning import distances, losses, miners
-    except ImportError:
-        print("error: training needs pytorch-metric-learning: pip install pytorch-metric-learning", file=sys.stderr)
+        height, width = parse_hw(args.size)
+        distances, losses, miners = metric_learning()
+    except PacegeoError as err:
+        print(f"error: {err}", file=sys.stderr)
         return 2
 
     accelerator = Accelerator()

@@ -34,7 +34,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pacegeo.errors import PacegeoError
 from pacegeo.hub import backbone_fingerprint, load_backbone
+from pacegeo.training.setup import metric_learning, parse_hw
 from pacegeo.vpr.extract import file_sha256, load_vpr, read_vpr_metadata, resolve_vpr
 from pacegeo.vpr.index import DescriptorIndex
 from pacegeo.vpr.places import PlaceConfig, make_place_set, render_places
@@ -106,14 +108,11 @@ def recall1(db: torch.Tensor, qs: torch.Tensor, positives) -> float:
 def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    height, width = (int(v) for v in args.size.lower().split("x"))
-    if height % 14 or width % 14:
-        print(f"error: --size {args.size}: both sides must be multiples of 14", file=sys.stderr)
-        return 2
     try:
-        from pytorch_metric_learning import distances, losses, miners
-    except ImportError:
-        print("error: training needs pytorch-metric-learning: pip install pytorch-metric-learning", file=sys.stderr)
+        height, width = parse_hw(args.size)
+        distances, losses, miners = metric_learning()
+    except PacegeoError as err:
+        print(f"error: {err}", file=sys.stderr)
         return 2
     torch.manual_seed(args.seed)
     t0 = time.perf_counter()

@@ -38,7 +38,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pacegeo.errors import PacegeoError
 from pacegeo.pruning.budget import keep_count
+from pacegeo.training.setup import metric_learning, parse_hw
 from pacegeo.vpr.extract import load_vpr, read_vpr_metadata, resolve_vpr
 from pacegeo.vpr.index import DescriptorIndex
 from pacegeo.vpr.places import PlaceConfig, make_place_set, render_places
@@ -144,14 +146,11 @@ def trainable(module: torch.nn.Module, on: bool) -> None:
 def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    height, width = (int(v) for v in args.size.lower().split("x"))
-    if height % 14 or width % 14:
-        print(f"error: --size {args.size}: both sides must be multiples of 14", file=sys.stderr)
-        return 2
     try:
-        from pytorch_metric_learning import distances, losses, miners
-    except ImportError:
-        print("error: training needs pytorch-metric-learning: pip install pytorch-metric-learning", file=sys.stderr)
+        height, width = parse_hw(args.size)
+        distances, losses, miners = metric_learning()
+    except PacegeoError as err:
+        print(f"error: {err}", file=sys.stderr)
         return 2
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
@@ -264,7 +263,7 @@ def main(argv=None) -> int:
     p_batch = min(args.places_per_batch, num_places)
     rec = val_recall()
     best = (float(np.mean(list(rec.values()))), copy.deepcopy(student.state_dict()), 0)
-    print(f"fine-tune step 0: validation R@1 " + ", ".join(f"{v:.3f} (act {k})" for k, v in rec.items()), flush=True)
+    print("fine-tune step 0: validation R@1 " + ", ".join(f"{v:.3f} (act {k})" for k, v in rec.items()), flush=True)
     log["finetune"].append({"step": 0, "val_R@1": {str(k): v for k, v in rec.items()}})
     ft_start = time.perf_counter()
     step = 0

@@ -30,11 +30,10 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from pacegeo.backbone.encoder import DinoViT
 from pacegeo.errors import CheckpointError, InputError
 from pacegeo.io.outputs import atomic_path
 from pacegeo.precision import autocast, no_autocast, resolve_dtype
-from pacegeo.pruning.early import encoder_blocks
+from pacegeo.pruning.early import encoder_blocks, intermediate_features
 from pacegeo.pruning.merge import TokenReduction
 
 __all__ = [
@@ -139,25 +138,6 @@ def block_merge(tokens: torch.Tensor, confidence: torch.Tensor, grid_hw: tuple[i
     slots = (sums / sizes[..., None]).to(tokens.dtype)
     return TokenReduction(kept_idx=kept_idx, valid=torch.ones_like(kept_idx, dtype=torch.bool), tokens=slots,
                           sizes=sizes, assignment=assignment, kept_mask=kept_mask)
-
-
-def intermediate_features(aggregator: nn.Module, images: torch.Tensor, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The encoder's residual stream after ``layer`` blocks, ``[B, S, 1 + R + N, C]``, and its
-    normalised patch part ``[B, S, N, C]`` (what the predictor reads)."""
-    encoder = aggregator.patch_embed
-    if not isinstance(encoder, DinoViT):
-        raise InputError("confidence-guided merging needs a ViT encoder (DINOv2); this backbone has a convolutional one")
-    blocks = encoder_blocks(encoder)
-    if not 1 <= layer <= len(blocks):
-        raise InputError(f"merge layer must be between 1 and {len(blocks)}, got {layer}")
-    b = images.shape[0]
-    x = rearrange((images - aggregator._mean) / aggregator._std, "b s c h w -> (b s) c h w")
-    tokens = encoder.prepare_tokens(x)
-    for block in blocks[:layer]:
-        tokens = block(tokens)
-    front = 1 + encoder.num_register_tokens
-    middle = encoder.norm(tokens)[:, front:]
-    return rearrange(tokens, "(b s) t c -> b s t c", b=b), rearrange(middle, "(b s) n c -> b s n c", b=b)
 
 
 class CoMeVGGT(nn.Module):

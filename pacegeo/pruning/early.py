@@ -26,7 +26,7 @@ from pacegeo.backbone.encoder import DinoViT
 from pacegeo.errors import InputError, option
 from pacegeo.pruning.merge import topk_mask
 
-__all__ = ["check_encoder_layer", "encoder_blocks", "prune_inside_encoder"]
+__all__ = ["check_encoder_layer", "encoder_blocks", "intermediate_features", "prune_inside_encoder"]
 
 
 def encoder_blocks(encoder: DinoViT) -> list[nn.Module]:
@@ -52,6 +52,25 @@ def check_encoder_layer(backbone: nn.Module, layer) -> int | None:
     return layer
 
 
+def intermediate_features(aggregator: nn.Module, images: torch.Tensor, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The encoder's residual stream after its first ``layer`` blocks, ``[B, S, 1 + R + N, C]``,
+    and its normalised patch part ``[B, S, N, C]`` (what scorers and predictors read)."""
+    encoder = aggregator.patch_embed
+    if not isinstance(encoder, DinoViT):
+        raise InputError("pruning or merging inside the encoder needs a ViT encoder (DINOv2); this backbone has a convolutional one")
+    blocks = encoder_blocks(encoder)
+    if not 1 <= layer <= len(blocks):
+        raise InputError(f"encoder layer must be between 1 and {len(blocks)}, got {layer}")
+    b = images.shape[0]
+    x = rearrange((images - aggregator._mean) / aggregator._std, "b s c h w -> (b s) c h w")
+    tokens = encoder.prepare_tokens(x)  # [(B S), 1 + R + N, C]
+    for block in blocks[:layer]:
+        tokens = block(tokens)
+    front = 1 + encoder.num_register_tokens
+    middle = encoder.norm(tokens)[:, front:]
+    return rearrange(tokens, "(b s) t c -> b s t c", b=b), rearrange(middle, "(b s) n c -> b s n c", b=b)
+
+
 def prune_inside_encoder(
     aggregator: nn.Module,
     images: torch.Tensor,
@@ -68,23 +87,14 @@ def prune_inside_encoder(
         counts: kept patch tokens per frame.
         score: ``[B, S, N, C] -> [B, S, N]`` importance of the intermediate features.
     """
-    encoder = aggregator.patch_embed
-    if not isinstance(encoder, DinoViT):
-        raise InputError("pruning inside the encoder needs a ViT encoder (DINOv2); this backbone has a convolutional one")
-    blocks = encoder_blocks(encoder)
-    if not 1 <= layer <= len(blocks):
-        raise InputError(f"encoder layer must be between 1 and {len(blocks)}, got {layer}")
-    b, s = images.shape[:2]
-    x = rearrange((images - aggregator._mean) / aggregator._std, "b s c h w -> (b s) c h w")
-    tokens = encoder.prepare_tokens(x)  # [(B S), 1 + R + N, C]
-    for block in blocks[:layer]:
-        tokens = block(tokens)
+    b = images.shape[0]
+    stream, middle = intermediate_features(aggregator, images, layer)
+    encoder, blocks = aggregator.patch_embed, encoder_blocks(aggregator.patch_embed)
     front = 1 + encoder.num_register_tokens
-    middle = rearrange(encoder.norm(tokens)[:, front:], "(b s) n c -> b s n c", b=b)
     scores = score(middle)
     kept = topk_mask(scores, counts)  # the same choice the reduction makes from these scores
     feats = middle.clone()
-    tokens = rearrange(tokens, "(b s) t c -> b s t c", b=b)
+    tokens = stream
     for count in sorted(set(counts)):
         frames = [f for f, c in enumerate(counts) if c == count]
         index = torch.nonzero(kept[:, frames].reshape(-1, kept.shape[-1]))[:, 1].view(b * len(frames), count)

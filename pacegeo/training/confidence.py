@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from pacegeo.pruning.come import CoMeConfig, ConfidencePredictor, intermediate_features, ranking_loss
+from pacegeo.pruning.come import CoMeConfig, ConfidencePredictor, ranking_loss
+from pacegeo.pruning.early import intermediate_features
 
 __all__ = ["confidence_targets", "pair_accuracy", "train_confidence"]
 

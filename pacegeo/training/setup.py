@@ -18,7 +18,29 @@ from pacegeo.pruning.checkpoint import load_pruner
 from pacegeo.precision import DTYPE_CHOICES, mixed_precision_name, resolve_dtype
 from pacegeo.pruning import ScorerConfig, TokenScorer
 
-__all__ = ["image_folder_batches", "model_size", "setup_training", "synth_batches", "training_batches", "training_parser"]
+__all__ = ["image_folder_batches", "metric_learning", "model_size", "parse_hw", "setup_training", "synth_batches",
+           "training_batches", "training_parser"]
+
+
+def parse_hw(size: str) -> tuple[int, int]:
+    """``"HxW"`` -> ``(H, W)``, both multiples of the 14-pixel patch (:class:`PacegeoError` otherwise)."""
+    try:
+        height, width = (int(v) for v in size.lower().split("x"))
+    except ValueError:
+        raise PacegeoError(f"--size {size!r} must be HxW") from None
+    if height <= 0 or width <= 0 or height % 14 or width % 14:
+        raise PacegeoError(f"--size {size}: both sides must be positive multiples of 14")
+    return height, width
+
+
+def metric_learning():
+    """The ``(distances, losses, miners)`` modules of pytorch-metric-learning, which the VPR
+    trainings need (:class:`PacegeoError` with the install command when it is missing)."""
+    try:
+        from pytorch_metric_learning import distances, losses, miners
+    except ImportError:
+        raise PacegeoError("training needs pytorch-metric-learning: pip install pytorch-metric-learning") from None
+    return distances, losses, miners
 
 
 def image_folder_batches(folder: str, frames: int, batch: int, target_size: int, seed: int):

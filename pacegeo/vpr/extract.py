@@ -324,8 +324,9 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def resolve_vpr(name_or_path: str | Path) -> Path:
-    """A VPR checkpoint path from a path or a bundled name (``"pacegeo-tiny-vpr"``)."""
+def resolve_vpr(name_or_path: str | Path, what: str = "VPR checkpoint") -> Path:
+    """A VPR file (head, student or ternary extractor) from a path or a bundled name
+    (``"pacegeo-tiny-vpr"``); ``what`` names it in the error."""
     from pacegeo.hub import checkpoints_dir
 
     path = Path(name_or_path).expanduser()
@@ -334,18 +335,18 @@ def resolve_vpr(name_or_path: str | Path) -> Path:
     bundled = checkpoints_dir() / f"{name_or_path}.safetensors"
     if bundled.is_file():
         return bundled
-    raise CheckpointError(f"VPR checkpoint {str(name_or_path)!r} is neither a file nor a bundled name in {checkpoints_dir()}")
+    raise CheckpointError(f"{what} {str(name_or_path)!r} is neither a file nor a bundled name in {checkpoints_dir()}")
 
 
-def read_vpr_metadata(path: str | Path) -> dict[str, str]:
-    """Metadata of a VPR checkpoint; :class:`CheckpointError` if it is not one."""
+def read_vpr_metadata(path: str | Path, fmt: str = VPR_FORMAT, what: str = "pacegeo VPR checkpoint") -> dict[str, str]:
+    """Metadata of a VPR file of format ``fmt``; :class:`CheckpointError` if it is not one."""
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = dict(f.metadata() or {})
     except Exception as err:
-        raise CheckpointError(f"cannot read VPR checkpoint {path}: {type(err).__name__}: {err}") from None
-    if meta.get("format") != VPR_FORMAT:
-        raise CheckpointError(f"{path} is not a pacegeo VPR checkpoint (format {meta.get('format')!r}, expected {VPR_FORMAT!r})")
+        raise CheckpointError(f"cannot read {what} {path}: {type(err).__name__}: {err}") from None
+    if meta.get("format") != fmt:
+        raise CheckpointError(f"{path} is not a {what} (format {meta.get('format')!r}, expected {fmt!r})")
     return meta
 
 

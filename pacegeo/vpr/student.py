@@ -41,7 +41,7 @@ from pacegeo.backbone.config import DinoConfig
 from pacegeo.backbone.encoder import DinoViT
 from pacegeo.errors import CheckpointError, InputError
 from pacegeo.io.outputs import atomic_path
-from pacegeo.vpr.extract import DescriptorExtractor
+from pacegeo.vpr.extract import DescriptorExtractor, read_vpr_metadata, resolve_vpr
 from pacegeo.vpr.head import WeightedOTConfig, WeightedOTHead
 
 STUDENT_FORMAT = "pacegeo-vpr-student/1"
@@ -154,25 +154,12 @@ class FeatureAlignment(nn.Module):
 
 def resolve_student(name_or_path: str | Path) -> Path:
     """A student file from a path or a bundled name (``"pacegeo-tiny-vpr-student"``)."""
-    from pacegeo.hub import checkpoints_dir
-
-    path = Path(name_or_path).expanduser()
-    if path.is_file():
-        return path
-    bundled = checkpoints_dir() / f"{name_or_path}.safetensors"
-    if bundled.is_file():
-        return bundled
-    raise CheckpointError(f"student checkpoint {str(name_or_path)!r} is neither a file nor a bundled name in {checkpoints_dir()}")
+    return resolve_vpr(name_or_path, what="student checkpoint")
 
 
 def read_student_metadata(path: str | Path) -> dict[str, str]:
     """Metadata of a student file; :class:`CheckpointError` if it is not one."""
-    from pacegeo.hub import read_metadata
-
-    meta = read_metadata(path)
-    if meta.get("format") != STUDENT_FORMAT:
-        raise CheckpointError(f"{path} is not a pacegeo VPR student (format {meta.get('format')!r}, expected {STUDENT_FORMAT!r})")
-    return meta
+    return read_vpr_metadata(path, STUDENT_FORMAT, "pacegeo VPR student")
 
 
 def save_student(student: StudentExtractor, path: str | Path, teacher: str, teacher_sha256: str, teacher_backbone: str,

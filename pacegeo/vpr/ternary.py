@@ -33,7 +33,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -43,7 +42,7 @@ from pacegeo.errors import CheckpointError, InputError
 from pacegeo.io.outputs import atomic_path
 from pacegeo.pruning.budget import keep_count
 from pacegeo.pruning.scorer import ScorerConfig, TokenScorer
-from pacegeo.vpr.extract import DescriptorExtractor, Scoring, build_head, head_kind, resolve_vpr
+from pacegeo.vpr.extract import DescriptorExtractor, Scoring, build_head, head_kind, read_vpr_metadata, resolve_vpr
 
 __all__ = [
     "MIN_ACTIVATION_KEEP",
@@ -285,14 +284,7 @@ def ternary_from_teacher(teacher: DescriptorExtractor) -> TernaryExtractor:
 
 def read_ternary_metadata(path: str | Path) -> dict[str, str]:
     """Metadata of a ternary VPR checkpoint; :class:`CheckpointError` if it is not one."""
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = dict(f.metadata() or {})
-    except Exception as err:
-        raise CheckpointError(f"cannot read ternary VPR checkpoint {path}: {type(err).__name__}: {err}") from None
-    if meta.get("format") != TERNARY_FORMAT:
-        raise CheckpointError(f"{path} is not a ternary VPR checkpoint (format {meta.get('format')!r}, expected {TERNARY_FORMAT!r})")
-    return meta
+    return read_vpr_metadata(path, TERNARY_FORMAT, "ternary VPR checkpoint")
 
 
 def save_ternary_vpr(extractor: TernaryExtractor, path: str | Path, backbone: str, backbone_fingerprint: str,
