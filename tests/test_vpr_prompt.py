@@ -1,14 +1,21 @@
 """The prompt-tuned VPR extractor: prompt selection, prompts reaching the frozen blocks, the frozen
 encoder, the orientation path of the enhancement head, and the file format."""
 
+from pathlib import Path
+
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
 from pacegeo.backbone import VGGT, tiny
 from pacegeo.errors import CheckpointError, InputError
-from pacegeo.hub import backbone_fingerprint
+from pacegeo.hub import backbone_fingerprint, load_backbone, save_backbone
+from pacegeo.vpr import load_vpr
 from pacegeo.vpr.prompt import EnhancementHead, PromptConfig, PromptExtractor, PromptPool, load_prompt, save_prompt
+
+from helpers import load_script
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 DIM = 32
 CONFIG = PromptConfig(embed_dim=DIM, pool_size=3, prompt_length=2, global_dim=16, local_dim=8, kernel=3, out_dim=24)
@@ -46,6 +53,14 @@ def test_selection_picks_the_key_with_the_highest_cosine_similarity():
     tokens, idx = pool(query)
     assert torch.equal(tokens, pool.prompts.detach()[[1, 2, 0]])
     assert idx.tolist() == [1, 2, 0]
+
+
+def test_keys_start_at_far_apart_queries_so_every_prompt_is_used():
+    pool = PromptPool(2, 1, 2)
+    queries = torch.tensor([[1.0, 0.0], [0.99, 0.1], [0.0, 2.0], [0.6, 0.8]])
+    assert pool.init_keys(queries).tolist() == [0, 2]  # the query farthest in angle from the first
+    assert torch.equal(pool.keys.detach(), queries[[0, 2]])
+    assert pool.select(queries).tolist() == [0, 0, 1, 1]
 
 
 def test_key_loss_is_one_minus_cosine_to_the_selected_key():
@@ -196,3 +211,23 @@ def test_loading_is_strict(tmp_path, backbone):
     with pytest.raises(CheckpointError, match="not a pacegeo prompt"):
         save_file(state, str(tmp_path / "nometa.safetensors"), metadata={"format": "other"})
         load_prompt(tmp_path / "nometa.safetensors", backbone=backbone)
+
+
+# -- training script -------------------------------------------------------------------------------
+
+
+def test_the_training_script_writes_both_models_loadable_on_their_backbone(tmp_path, backbone):
+    pytest.importorskip("pytorch_metric_learning")
+    weights = save_backbone(backbone, tmp_path / "backbone.safetensors")
+    script = load_script(Path(__file__).resolve().parents[1] / "train" / "vpr_prompt.py", "pacegeo_train")
+    common = ["--backbone", str(weights), "--size", "42x56", "--train-scenes", "2", "--places-per-scene", "3",
+              "--views", "4", "--val-scenes", "1", "--val-queries", "4", "--places-per-batch", "3", "--steps", "2",
+              "--val-every", "1", "--dim", "32", "--pool", "3"]
+    assert script.main(common + ["--out", str(tmp_path / "p.safetensors"), "--log", str(tmp_path / "p.json")]) == 0
+    assert script.main(common + ["--no-prompt", "--out", str(tmp_path / "o.safetensors"),
+                                 "--log", str(tmp_path / "o.json")]) == 0
+    loaded = load_backbone(weights)
+    prompted = load_prompt(tmp_path / "p.safetensors", backbone=loaded)
+    ot = load_vpr(tmp_path / "o.safetensors", backbone=loaded)
+    images = _images(2)
+    assert prompted.describe(images).shape == ot.describe(images).shape == (2, 32)

@@ -3,7 +3,7 @@
 
 Batches as ``train/vpr.py``: P places x 4 views from the training rooms (seeds 10000+),
 Multi-Similarity loss with its miner (pytorch-metric-learning), plus the key pull loss of the
-prompt pool; recall@1 on the validation rooms (seeds 20000+) every ``--val-every`` steps, and the
+prompt pool (its keys start at far-apart training queries); recall@1 on the validation rooms (seeds 20000+) every ``--val-every`` steps, and the
 best validation state is kept. The prompt-independent part of the frozen encoder (patch embedding,
 the blocks before the prompt insertion and the query class token) is computed once per rendered view;
 every step runs the remaining frozen blocks with the selected prompts, so gradients reach the
@@ -140,8 +140,13 @@ def main(argv=None) -> int:
     train_a, train_b = cache(frozen, to_tensor(images))
     train_a = train_a.reshape(num_places, views, *train_a.shape[1:])
     train_b = train_b.reshape(num_places, views, *train_b.shape[1:])
+    rng = np.random.default_rng(args.seed)
     val_db = cache(frozen, to_tensor(val_set.database))
     val_q = cache(frozen, to_tensor(val_set.queries))
+    if not args.no_prompt:  # keys start at far-apart training queries (a fixed random subset)
+        subset = torch.as_tensor(rng.choice(num_places * views, min(1024, num_places * views), replace=False))
+        picked = model.prompts.init_keys(train_b.flatten(0, 1)[subset])
+        print(f"prompt keys initialised from training views {subset[picked].tolist()}")
     prep_seconds = time.perf_counter() - t0
     print(f"cached the frozen encoder's prompt-independent features ({prep_seconds:.0f} s)", flush=True)
 
@@ -166,7 +171,6 @@ def main(argv=None) -> int:
     sched = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / 50) * (1.0 - 0.8 * min(1.0, s / max(1, args.steps))))
     trainable = {k: v for k, v in model.state_dict().items() if not k.startswith("encoder.")}
-    rng = np.random.default_rng(args.seed)
     p_batch = min(args.places_per_batch, num_places)
     log = {"args": {k: str(v) for k, v in vars(args).items()}, "steps": []}
     best_r1, usage = val_recall()

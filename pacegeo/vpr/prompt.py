@@ -5,7 +5,8 @@ file format.
 trains two small parts only:
 
 * a prompt pool (:class:`PromptPool`): ``P`` learnable prompts of ``L`` tokens each (width ``C`` of
-  the encoder) with one key ``[C]`` per prompt. Per image, the query is the layer-normalised class
+  the encoder) with one key ``[C]`` per prompt (training starts them from far-apart queries,
+  :meth:`PromptPool.init_keys`). Per image, the query is the layer-normalised class
   token after the first ``query_layer`` frozen blocks run without prompts; the prompt whose key has
   the highest cosine similarity to the query is selected (top-1) and its ``L`` tokens are inserted
   after the class and register tokens, in front of the patch tokens, before block
@@ -113,6 +114,23 @@ class PromptPool(nn.Module):
         """``[B, C]`` -> (selected prompt tokens ``[B, L, C]``, selected index ``[B]``)."""
         idx = self.select(query)
         return self.prompts[idx], idx
+
+    @torch.no_grad()
+    def init_keys(self, queries: torch.Tensor) -> torch.Tensor:
+        """Set the keys to ``P`` of the given queries ``[M, C]`` (``M >= P``) that are far apart in
+        angle: farthest-point sampling on the cosine distance, starting from the first query, so
+        that every prompt is selected by some images from the start. Returns the chosen ``[P]``."""
+        q = F.normalize(queries.float(), dim=-1)
+        if q.shape[0] < self.keys.shape[0]:
+            raise InputError(f"init_keys needs at least {self.keys.shape[0]} queries, got {q.shape[0]}")
+        chosen = [0]
+        nearest = 1.0 - q @ q[0]
+        for _ in range(1, self.keys.shape[0]):
+            chosen.append(int(nearest.argmax()))
+            nearest = torch.minimum(nearest, 1.0 - q @ q[chosen[-1]])
+        idx = torch.tensor(chosen)
+        self.keys.copy_(queries[idx].to(self.keys.dtype))
+        return idx
 
     def key_loss(self, query: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         """Mean ``1 - cos(query, key[idx])``: pulls each selected key towards its queries (scalar)."""
