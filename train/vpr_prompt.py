@@ -148,7 +148,8 @@ def main(argv=None) -> int:
         picked = model.prompts.init_keys(train_b.flatten(0, 1)[subset])
         print(f"prompt keys initialised from training views {subset[picked].tolist()}")
     prep_seconds = time.perf_counter() - t0
-    print(f"cached the frozen encoder's prompt-independent features ({prep_seconds:.0f} s)", flush=True)
+    what = "output tokens" if args.no_prompt else "prompt-independent features"
+    print(f"cached the frozen encoder's {what} ({prep_seconds:.0f} s)", flush=True)
 
     def train_mode() -> None:  # the frozen encoder stays in eval mode
         model.train()
