@@ -21,7 +21,10 @@ Heads: ``trained`` (the VPR checkpoint ``--vpr``; its learned token scorer by de
 (the ternary-weight extractor ``--ternary``, :mod:`pacegeo.vpr.ternary`; one row per token keep and
 per activation keep of ``--activation-keep``, record key ``activation_keep``), ``student``
 (the distilled student ``--student``, :mod:`pacegeo.vpr.student`: its own small encoder and head, no
-backbone; it has no learned scorer, so ``keep < 1`` ranks its tokens by distinctiveness), ``gem``
+backbone; it has no learned scorer, so ``keep < 1`` ranks its tokens by distinctiveness), ``prompt``
+(the prompt-tuned extractor ``--prompt``, :mod:`pacegeo.vpr.prompt`: prompt pool and
+local-feature-enhancement head on the frozen backbone; no token pruning, so it gives rows at
+``keep 1`` only), ``gem``
 and ``vlad`` (training-free; VLAD fits its vocabulary on the database images, unpruned, before
 timing; both rank tokens by the training-free distinctiveness rule by default), and ``pixels``
 (no model: each image as 64x48 grey levels, zero-mean, unit-norm; one row at keep 1), the baseline
@@ -32,7 +35,9 @@ the top-k selection of activations), so its time is no faster than the float enc
 
 JSON output: one record per (head, keep) with ``R@1 R@5 R@10 R@20`` (fractions), ``R@1_ci95``
 (a 95% bootstrap interval over queries), ``head``,
-``keep``, ``scoring``, ``activation_keep`` (ternary head only), ``ms_per_image``, ``params`` and
+``keep``, ``scoring``, ``activation_keep`` (ternary head only), ``checkpoint`` (trained and
+prompt heads: the file's stem; ``--vpr`` may name several VPR checkpoints, one set of rows each),
+``ms_per_image``, ``params`` and
 ``weight_bytes`` (encoder, head and scorer; packed sizes where a model stores its weights packed), ``dataset``, ``model``, ``size``, ``num_database``,
 ``num_queries``, ``gt`` (ground-truth style) and ``descriptor_dim``.
 """
@@ -54,10 +59,11 @@ from pacegeo.io.images import load_images
 from pacegeo.vpr.extract import SCORINGS, DescriptorExtractor, load_vpr, read_vpr_metadata, resolve_vpr
 from pacegeo.vpr.head import GeMConfig, GeMHead, VLADConfig, VLADHead
 from pacegeo.vpr.index import DescriptorIndex
+from pacegeo.vpr.prompt import load_prompt, read_prompt_metadata
 from pacegeo.vpr.recall import DEFAULT_NS, positives_for_folders, recall_at_n
 from pacegeo.vpr.student import load_student
 
-HEADS = ("trained", "ternary", "student", "gem", "vlad", "pixels")
+HEADS = ("trained", "ternary", "student", "prompt", "gem", "vlad", "pixels")
 
 
 def parse_args(argv=None):
@@ -82,7 +88,10 @@ def parse_args(argv=None):
     m = p.add_argument_group("model")
     m.add_argument("--model", default=None,
                    help="backbone name or path (default: the one the VPR checkpoint names; pacegeo-tiny otherwise)")
-    m.add_argument("--vpr", default="pacegeo-tiny-vpr", help="VPR checkpoint for --head trained")
+    m.add_argument("--vpr", nargs="+", default=["pacegeo-tiny-vpr"],
+                   help="VPR checkpoint(s) for --head trained (one set of rows each)")
+    m.add_argument("--prompt", default="pacegeo-tiny-vpr-prompt",
+                   help="prompt-tuned extractor (pacegeo.vpr.prompt) for --head prompt: a path or a bundled name")
     m.add_argument("--ternary", default="pacegeo-tiny-vpr-ternary", help="ternary VPR checkpoint for --head ternary")
     m.add_argument("--activation-keep", nargs="+", type=float, default=[1.0],
                    help="ternary head: fractions of input activations each ternary layer keeps per token (one row each)")
@@ -221,7 +230,8 @@ def score_row(db: torch.Tensor, qs: torch.Tensor, db_files, positives, row: dict
     row.update({f"R@{n}": round(v, 4) for n, v in recall.items()}, **{"R@1_ci95": [round(low, 4), round(high, 4)]},
                descriptor_dim=int(db.shape[1]))
     act = f" act {row['activation_keep']:4.2f}" if "activation_keep" in row else ""
-    print(f"  {row['head']:8s} keep {row['keep']:4.2f}{act} ({row['scoring']:15s}) R@1 {row['R@1']:.3f} "
+    label = row.get("checkpoint", row["head"]) if row["head"] == "trained" else row["head"]
+    print(f"  {label:8s} keep {row['keep']:4.2f}{act} ({row['scoring']:15s}) R@1 {row['R@1']:.3f} "
           f"[{low:.3f}, {high:.3f}]  R@5 {row['R@5']:.3f}  R@10 {row['R@10']:.3f}  R@20 {row['R@20']:.3f}  "
           f"{row['ms_per_image']:7.2f} ms/img", flush=True)
     return row
@@ -252,11 +262,13 @@ def main(argv=None) -> int:
 
         backbone = None
         model_name = args.model
-        if args.model is not None or any(h not in ("trained", "ternary", "student", "pixels") for h in args.head):
+        if args.model is not None or any(h not in ("trained", "ternary", "student", "prompt", "pixels") for h in args.head):
             model_name = args.model or "pacegeo-tiny"
             backbone = load_backbone(model_name, device=args.device)
         records = []
-        for head_name in args.head:
+        jobs = [(h, v) for h in args.head for v in (args.vpr if h == "trained" else [None])]
+        for head_name, vpr in jobs:
+            checkpoint = {}
             if head_name == "pixels":  # no model: one row at keep 1
                 start = time.perf_counter()
                 db, qs = pixel_descriptors(db_images.cpu()), pixel_descriptors(q_images.cpu())
@@ -273,10 +285,16 @@ def main(argv=None) -> int:
                 name = f"{Path(resolve_vpr(args.ternary)).stem} (ternary, from {meta['backbone']})"
                 default_scoring = "learned" if extractor.scorer is not None else "distinctiveness"
             elif head_name == "trained":
-                meta = read_vpr_metadata(resolve_vpr(args.vpr))
-                extractor = load_vpr(args.vpr, backbone=backbone, device=args.device)
+                meta = read_vpr_metadata(resolve_vpr(vpr))
+                extractor = load_vpr(vpr, backbone=backbone, device=args.device)
                 name = model_name or meta["backbone"]
                 default_scoring = "learned" if extractor.scorer is not None else "distinctiveness"
+                checkpoint = {"checkpoint": resolve_vpr(vpr).stem}
+            elif head_name == "prompt":  # prompts and head on the frozen backbone; keep 1 only
+                extractor = load_prompt(args.prompt, backbone=backbone, device=args.device)
+                name = model_name or read_prompt_metadata(resolve_vpr(args.prompt))["backbone"]
+                default_scoring = "distinctiveness"  # unused: no pruning
+                checkpoint = {"checkpoint": resolve_vpr(args.prompt).stem}
             elif head_name == "student":  # its own encoder: no backbone
                 extractor = load_student(args.student, device=args.device)
                 name = str(args.student)
@@ -292,6 +310,9 @@ def main(argv=None) -> int:
                 extractor.fit(db_images, batch_size=args.batch)
             params, weight_bytes = model_size(extractor)
             for keep in args.keep:
+                if head_name == "prompt" and keep < 1:
+                    print(f"  prompt   keep {keep:4.2f}: skipped (the prompt-tuned extractor does not prune tokens)")
+                    continue
                 for act in args.activation_keep if head_name == "ternary" else [None]:
                     extra = {}
                     if act is not None:
@@ -302,7 +323,7 @@ def main(argv=None) -> int:
                     records.append(score_row(db, qs, db_files, positives, dict(
                         dataset=dataset, model=str(name), head=head_name, keep=keep,
                         scoring=extractor.scoring if keep < 1 else "none", params=params, weight_bytes=weight_bytes,
-                        ms_per_image=round(1000 * (t_db + t_q) / (len(db) + len(qs)), 3), **extra)))
+                        ms_per_image=round(1000 * (t_db + t_q) / (len(db) + len(qs)), 3), **extra, **checkpoint)))
         for rec in records:
             rec.update(size=list(db_images.shape[-2:]), num_database=len(db_files), num_queries=len(q_files), gt=gt_style,
                        device=str(args.device), threads=torch.get_num_threads())

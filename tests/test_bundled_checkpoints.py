@@ -1,6 +1,7 @@
 """Every checkpoint shipped in checkpoints/ loads through the public API onto the bundled backbone,
-with the backbone identity checks on: a bundled head, pruner or ternary extractor trained on (or
-distilled from) another backbone snapshot, or a student distilled from another teacher, fails here."""
+with the backbone identity checks on: a bundled head, pruner, prompt pool or ternary extractor
+trained on (or distilled from) another backbone snapshot, or a student distilled from another
+teacher, fails here."""
 
 import pytest
 
@@ -9,6 +10,7 @@ from pacegeo.pruning.checkpoint import PRUNER_FORMAT, load_pruner
 from pacegeo.pruning.come import COME_FORMAT, load_confidence
 from pacegeo.vpr import load_vpr
 from pacegeo.vpr.extract import VPR_FORMAT, file_sha256, resolve_vpr
+from pacegeo.vpr.prompt import PROMPT_FORMAT, load_prompt
 from pacegeo.vpr.student import STUDENT_FORMAT, load_student
 from pacegeo.vpr.ternary import TERNARY_FORMAT, TernaryExtractor, load_ternary_vpr
 
@@ -22,7 +24,8 @@ def backbone():
 
 def test_the_bundle_holds_every_kind_of_checkpoint_once():
     formats = sorted(read_metadata(path).get("format", "") for path in BUNDLED)
-    assert formats == sorted([CHECKPOINT_FORMAT, PRUNER_FORMAT, VPR_FORMAT, COME_FORMAT, TERNARY_FORMAT, STUDENT_FORMAT])
+    assert formats == sorted([CHECKPOINT_FORMAT, PRUNER_FORMAT, VPR_FORMAT, COME_FORMAT, TERNARY_FORMAT, STUDENT_FORMAT,
+                              PROMPT_FORMAT])
 
 
 @pytest.mark.parametrize("path", BUNDLED, ids=lambda p: p.name)
@@ -49,5 +52,9 @@ def test_bundled_checkpoint_loads_on_the_bundled_backbone(path, backbone):
         assert meta["teacher_backbone_fingerprint"] == backbone_fingerprint(backbone)
         assert meta["teacher_sha256"] == file_sha256(resolve_vpr(meta["teacher"]))
         assert load_student(path).head.out_dim > 0
+    elif kind == PROMPT_FORMAT:  # prompts and head on the frozen bundled encoder
+        assert meta["backbone_fingerprint"] == backbone_fingerprint(backbone)
+        extractor = load_prompt(path, backbone=backbone)
+        assert extractor.encoder is backbone.aggregator.patch_embed and extractor.head.out_dim > 0
     else:
         pytest.fail(f"{path.name} has an unknown format {kind!r}")

@@ -10,6 +10,7 @@ token pruning), a retrieval index, and recall evaluation.
     ternary = load_ternary_vpr("pacegeo-tiny-vpr-ternary")  # ternary weights, self-contained
     ternary.keep_activations = 0.6                          # activation sparsity, no retraining
     student = load_student("pacegeo-tiny-vpr-student")  # a distilled extractor with ~1/6 of the weights
+    prompted = load_prompt("pacegeo-tiny-vpr-prompt")   # prompt-tuned frozen encoder, 256-d descriptors
 """
 
 from pacegeo.vpr.extract import (
@@ -30,6 +31,7 @@ from pacegeo.vpr.recall import (
     positives_from_utm,
     recall_at_n,
 )
+from pacegeo.vpr.prompt import EnhancementHead, PromptConfig, PromptExtractor, PromptPool, load_prompt, save_prompt
 from pacegeo.vpr.ternary import TernaryExtractor, TernaryLinear, load_ternary_vpr, save_ternary_vpr
 from pacegeo.vpr.relations import confusion_weights, multi_similarity_loss, relation_loss, teacher_hard_pairs
 from pacegeo.vpr.student import FeatureAlignment, StudentConfig, StudentExtractor, load_student, save_student
@@ -38,6 +40,10 @@ __all__ = [
     "DescriptorExtractor",
     "DescriptorIndex",
     "EncodedTokens",
+    "EnhancementHead",
+    "PromptConfig",
+    "PromptExtractor",
+    "PromptPool",
     "FeatureAlignment",
     "StudentConfig",
     "StudentExtractor",
@@ -54,6 +60,7 @@ __all__ = [
     "distillation_loss",
     "distillation_target",
     "load_gt_file",
+    "load_prompt",
     "load_ternary_vpr",
     "load_student",
     "load_vpr",
@@ -64,6 +71,7 @@ __all__ = [
     "positives_from_poses",
     "positives_from_utm",
     "recall_at_n",
+    "save_prompt",
     "save_ternary_vpr",
     "relation_loss",
     "save_student",
