@@ -29,7 +29,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pacegeo.errors import PacegeoError
 from pacegeo.hub import backbone_fingerprint, load_backbone
+from pacegeo.training.setup import metric_learning, parse_hw
 from pacegeo.vpr.extract import DescriptorExtractor, save_vpr
 from pacegeo.vpr.head import WeightedOTConfig, WeightedOTHead
 from pacegeo.vpr.index import DescriptorIndex
@@ -87,14 +89,11 @@ def cache(fn, images: torch.Tensor, batch: int = 64) -> tuple[torch.Tensor, ...]
 def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    height, width = (int(v) for v in args.size.lower().split("x"))
-    if height % 14 or width % 14:
-        print(f"error: --size {args.size}: both sides must be multiples of 14", file=sys.stderr)
-        return 2
     try:
-        from pytorch_metric_learning import distances, losses, miners
-    except ImportError:
-        print("error: training needs pytorch-metric-learning: pip install pytorch-metric-learning", file=sys.stderr)
+        height, width = parse_hw(args.size)
+        distances, losses, miners = metric_learning()
+    except PacegeoError as err:
+        print(f"error: {err}", file=sys.stderr)
         return 2
     torch.manual_seed(args.seed)
     t0 = time.perf_counter()
