@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from pacegeo.cli.common import (
@@ -62,8 +63,11 @@ def _cmd_view(args: argparse.Namespace) -> int:
             scene, args.host, args.port, ready=ready, reconstruct=reconstruct, conf_percentile=args.conf_percentile,
             max_points=args.max_points or viewer.DEFAULT_MAX_POINTS, source=source, seed=args.seed,
         )
-    print("viewer stopped")
-    return 0
+    print("viewer stopped", flush=True)
+    # The web server's worker threads can outlive its stop() (a request still in flight), and the
+    # interpreter would wait for them at exit: the command is done, so the process ends here.
+    sys.stderr.flush()
+    os._exit(0)
 
 
 _VIEW_RECONSTRUCT_OPTIONS = (
