@@ -7,6 +7,25 @@ import torch
 from pacegeo import __version__
 
 
+def checkpoint_kinds() -> dict[str, str]:
+    """What each format of a bundled file that is not a backbone is, for the listing."""
+    from pacegeo.pruning.checkpoint import PRUNER_FORMAT
+    from pacegeo.pruning.come import COME_FORMAT
+    from pacegeo.vpr.extract import VPR_FORMAT
+    from pacegeo.vpr.prompt import PROMPT_FORMAT
+    from pacegeo.vpr.student import STUDENT_FORMAT
+    from pacegeo.vpr.ternary import TERNARY_FORMAT
+
+    return {
+        PRUNER_FORMAT: "pruner",
+        VPR_FORMAT: "VPR head",
+        TERNARY_FORMAT: "ternary VPR extractor",
+        STUDENT_FORMAT: "distilled VPR student",
+        PROMPT_FORMAT: "prompt-tuned VPR extractor",
+        COME_FORMAT: "Co-Me-style merging predictor (peer method)",
+    }
+
+
 def default_device() -> str:
     if torch.cuda.is_available():
         return f"cuda ({torch.cuda.get_device_name(0)})"
@@ -15,6 +34,8 @@ def default_device() -> str:
 
 def describe() -> str:
     from pacegeo.hub import HUB_MODELS, bundled_models, checkpoints_dir, hub_offline, is_available_locally, read_metadata
+
+    CHECKPOINT_KINDS = checkpoint_kinds()
 
     lines = [
         f"pacegeo {__version__}",
@@ -34,12 +55,13 @@ def describe() -> str:
         lines.append(f"  {'':<14} {model.description}")
     if not bundled_models():
         lines.append(f"  (no bundled checkpoints found in {checkpoints_dir()})")
-    extras = sorted(checkpoints_dir().glob("*-pruner.safetensors")) + sorted(checkpoints_dir().glob("*-vpr.safetensors"))
+    extras = [(path, read_metadata(path)) for path in sorted(checkpoints_dir().glob("*.safetensors"))]
+    extras = [(path, meta) for path, meta in extras if meta.get("format") in CHECKPOINT_KINDS]
     if extras:
-        lines += ["", "pruners and place-recognition heads:"]
-        for path in extras:
-            meta = read_metadata(path)
-            kind = "VPR head" if path.stem.endswith("-vpr") else f"pruner ({meta.get('stage', 'trained')})"
-            lines.append(f"  {path.stem:<22} {kind} for {meta.get('backbone', '?')}: {path}")
+        lines += ["", "pruners, place-recognition models and peer methods:"]
+        for path, meta in extras:
+            kind = CHECKPOINT_KINDS[meta["format"]]
+            backbone = meta.get("backbone") or meta.get("teacher_backbone", "?")
+            lines.append(f"  {path.stem:<26} {kind} for {backbone}: {path}")
     lines += ["", "training-free pruning (--pruner training-free) works with every model above."]
     return "\n".join(lines)

@@ -58,3 +58,15 @@ def test_bundled_checkpoint_loads_on_the_bundled_backbone(path, backbone):
         assert extractor.encoder is backbone.aggregator.patch_embed and extractor.head.out_dim > 0
     else:
         pytest.fail(f"{path.name} has an unknown format {kind!r}")
+
+
+def test_info_lists_every_bundled_file_that_is_not_a_backbone_with_its_kind():
+    from pacegeo.info import checkpoint_kinds, describe
+
+    text = describe()
+    kinds = checkpoint_kinds()
+    for path in BUNDLED:
+        fmt = read_metadata(path).get("format")
+        if fmt != CHECKPOINT_FORMAT:
+            line = next(line for line in text.splitlines() if line.strip().startswith(path.stem + " "))
+            assert kinds[fmt] in line and "for pacegeo-tiny" in line

@@ -205,6 +205,7 @@ def save_confidence(predictor: ConfidencePredictor, path: str | Path, backbone: 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"format": COME_FORMAT, "config": json.dumps(asdict(predictor.config)),
+            "backbone": getattr(backbone.config, "name", "unknown"),
             "backbone_fingerprint": backbone_fingerprint(backbone), **(extra or {})}
     state = {k: v.detach().contiguous().cpu() for k, v in predictor.state_dict().items()}
     with atomic_path(path) as tmp:
