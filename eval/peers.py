@@ -116,7 +116,7 @@ def build_runners(backbone, settings, pruner_path: str | None, come_path: str | 
             run = (lambda k: lambda images: free(images, keep=k))(setting)
         elif method == "pace+fastvggt":
             keep, ratio = setting
-            run = merged((lambda k: lambda images: (learned if pruner_path else free)(images, keep=k))(keep), ratio)
+            run = merged((lambda k: lambda images: learned(images, keep=k))(keep), ratio)
         elif method == "pace-encoder":
             run = (lambda k: lambda images: inside(images, keep=k))(setting)
         else:

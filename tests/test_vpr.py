@@ -334,3 +334,20 @@ def test_synthrooms_places_are_deterministic_and_separated():
     assert len(places.queries) == 6 and len(places.database) == 20
     for q, pos in enumerate(places.positives):  # positives never cross rooms
         assert set(places.database_scene[pos]) <= {places.query_scene[q]}
+
+
+def test_recall_at_1_counts_queries_whose_nearest_database_entry_is_a_positive():
+    from pacegeo.vpr.index import recall_at_1
+
+    database = torch.eye(3)
+    queries = torch.tensor([[1.0, 0.1, 0.0], [0.0, 0.2, 1.0], [0.9, 0.0, 0.1]])  # nearest: 0, 2, 0
+    assert recall_at_1(database, queries, [[0], [2], [1]]) == pytest.approx(2 / 3)
+
+
+def test_rendered_views_become_float_images_in_0_1():
+    from pacegeo.vpr.places import images_to_tensor
+
+    views = np.arange(2 * 3 * 4 * 5 * 3, dtype=np.uint8).reshape(2, 3, 4, 5, 3)  # [P, V, H, W, 3]
+    out = images_to_tensor(views)
+    assert out.shape == (6, 3, 4, 5) and out.dtype == torch.float32
+    assert float(out[4, 2, 3, 1]) == pytest.approx(float(views[1, 1, 3, 1, 2]) / 255.0)

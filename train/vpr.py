@@ -52,12 +52,9 @@ from pacegeo.pruning.scorer import ScorerConfig, TokenScorer
 from pacegeo.training.setup import metric_learning, parse_hw
 from pacegeo.vpr.extract import DescriptorExtractor, distillation_loss, distillation_target, save_vpr
 from pacegeo.vpr.head import GeMConfig, GeMHead, WeightedOTConfig, WeightedOTHead
-from pacegeo.vpr.index import DescriptorIndex
-from pacegeo.vpr.places import PlaceConfig, make_place_set, render_places
+from pacegeo.vpr.index import DescriptorIndex, recall_at_1
+from pacegeo.vpr.places import PlaceConfig, images_to_tensor, training_places, validation_places
 from pacegeo.vpr.recall import recall_at_n
-
-TRAIN_SCENE_OFFSET = 10_000  # training rooms use seeds 10000.., validation rooms 20000..
-VAL_SCENE_OFFSET = 20_000
 
 
 def parse_args(argv=None):
@@ -118,12 +115,6 @@ def load_frozen_backbone(name: str, allow_random: bool, seed: int) -> tuple[VGGT
     return model, backbone_fingerprint(model), note
 
 
-def to_tensor(images: np.ndarray) -> torch.Tensor:
-    """``[..., H, W, 3]`` uint8 -> ``[M, 3, H, W]`` float in [0, 1]."""
-    flat = images.reshape(-1, *images.shape[-3:])
-    return torch.from_numpy(flat).permute(0, 3, 1, 2).float().div(255.0)
-
-
 @torch.no_grad()
 def cache_features(extractor: DescriptorExtractor, images: torch.Tensor, batch: int = 64):
     """Early scoring features ``[M, N, C]``, final patch features ``[M, N, C]`` and cls ``[M, C]``."""
@@ -170,7 +161,7 @@ def scorer_step(scorer, optimizer, accelerator, early, head, final, cls, grid_hw
 
 def evaluate(extractor: DescriptorExtractor, place_set, keeps, scorings) -> list[dict]:
     """Recall on a rendered place set for every keep and scoring rule."""
-    db_images, q_images = to_tensor(place_set.database), to_tensor(place_set.queries)
+    db_images, q_images = images_to_tensor(place_set.database), images_to_tensor(place_set.queries)
     extractor.fit(db_images)
     rows = []
     for scoring in scorings:
@@ -231,22 +222,18 @@ def main(argv=None) -> int:
 
     # -- data -------------------------------------------------------------------------------------
     cfg = PlaceConfig(width=width, height=height)
-    images = []
-    for i in range(args.train_scenes):
-        imgs, _ = render_places(TRAIN_SCENE_OFFSET + i, args.places_per_scene, args.views, cfg, seed=args.seed)
-        images.append(imgs)
-    images = np.concatenate(images)  # [P, V, H, W, 3]
+    images = training_places(args.train_scenes, args.places_per_scene, args.views, cfg, seed=args.seed)  # [P, V, H, W, 3]
     num_places, views = images.shape[:2]
-    val_set = make_place_set([VAL_SCENE_OFFSET + i for i in range(args.val_scenes)], args.val_queries, cfg, seed=args.seed)
+    val_set = validation_places(args.val_scenes, args.val_queries, cfg, seed=args.seed)
     print(f"rendered {num_places} places x {views} views from {args.train_scenes} rooms, "
           f"validation {len(val_set.database)} db / {len(val_set.queries)} queries ({time.perf_counter() - t0:.0f} s)")
-    early, final, cls = cache_features(extractor, to_tensor(images).to(device))
+    early, final, cls = cache_features(extractor, images_to_tensor(images).to(device))
     n_tok, c = final.shape[1], final.shape[2]
     early = early.reshape(num_places, views, n_tok, c)
     final = final.reshape(num_places, views, n_tok, c)
     cls = cls.reshape(num_places, views, c)
-    val_db = cache_features(extractor, to_tensor(val_set.database).to(device))
-    val_q = cache_features(extractor, to_tensor(val_set.queries).to(device))
+    val_db = cache_features(extractor, images_to_tensor(val_set.database).to(device))
+    val_q = cache_features(extractor, images_to_tensor(val_set.queries).to(device))
     print(f"cached encoder features ({time.perf_counter() - t0:.0f} s)")
     train_start = time.perf_counter()
     head_deadline = train_start + 60 * args.minutes * 0.75  # the scorer gets the rest
@@ -258,9 +245,7 @@ def main(argv=None) -> int:
             db = head(val_db[1], val_db[2] if has_cls else None)
             qs = head(val_q[1], val_q[2] if has_cls else None)
         head.train()
-        index = DescriptorIndex(db.shape[1])
-        index.add(db)
-        return recall_at_n(index.search(qs, 1)[1], val_set.positives, (1,))[1]
+        return recall_at_1(db, qs, val_set.positives)
 
     scorer = TokenScorer(ScorerConfig(in_dim=embed_dim, hidden=args.scorer_hidden)).to(device)
     s_opt = torch.optim.AdamW(scorer.parameters(), lr=2e-3, weight_decay=1e-4)

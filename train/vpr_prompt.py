@@ -34,13 +34,9 @@ from pacegeo.hub import backbone_fingerprint, load_backbone
 from pacegeo.training.setup import metric_learning, parse_hw
 from pacegeo.vpr.extract import DescriptorExtractor, save_vpr
 from pacegeo.vpr.head import WeightedOTConfig, WeightedOTHead
-from pacegeo.vpr.index import DescriptorIndex
-from pacegeo.vpr.places import PlaceConfig, make_place_set, render_places
+from pacegeo.vpr.index import recall_at_1
+from pacegeo.vpr.places import PlaceConfig, images_to_tensor, training_places, validation_places
 from pacegeo.vpr.prompt import PromptConfig, PromptExtractor, save_prompt
-from pacegeo.vpr.recall import recall_at_n
-
-TRAIN_SCENE_OFFSET = 10_000  # training rooms use seeds 10000.., validation rooms 20000..
-VAL_SCENE_OFFSET = 20_000
 
 
 def parse_args(argv=None):
@@ -73,12 +69,6 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def to_tensor(images: np.ndarray) -> torch.Tensor:
-    """``[..., H, W, 3]`` uint8 -> ``[M, 3, H, W]`` float in [0, 1]."""
-    flat = images.reshape(-1, *images.shape[-3:])
-    return torch.from_numpy(flat).permute(0, 3, 1, 2).float().div(255.0)
-
-
 @torch.no_grad()
 def cache(fn, images: torch.Tensor, batch: int = 64) -> tuple[torch.Tensor, ...]:
     """``fn`` over ``images`` in batches, outputs concatenated."""
@@ -104,10 +94,9 @@ def main(argv=None) -> int:
 
     # -- data -------------------------------------------------------------------------------------
     cfg = PlaceConfig(width=width, height=height)
-    images = np.concatenate([render_places(TRAIN_SCENE_OFFSET + i, args.places_per_scene, args.views, cfg, seed=args.seed)[0]
-                             for i in range(args.train_scenes)])  # [P, V, H, W, 3]
+    images = training_places(args.train_scenes, args.places_per_scene, args.views, cfg, seed=args.seed)  # [P, V, H, W, 3]
     num_places, views = images.shape[:2]
-    val_set = make_place_set([VAL_SCENE_OFFSET + i for i in range(args.val_scenes)], args.val_queries, cfg, seed=args.seed)
+    val_set = validation_places(args.val_scenes, args.val_queries, cfg, seed=args.seed)
     prep_render = time.perf_counter() - t0
     print(f"rendered {num_places} places x {views} views from {args.train_scenes} rooms, validation "
           f"{len(val_set.database)} db / {len(val_set.queries)} queries ({prep_render:.0f} s)", flush=True)
@@ -136,12 +125,12 @@ def main(argv=None) -> int:
 
         groups = [{"params": list(model.head.parameters()), "lr": args.lr},
                   {"params": list(model.prompts.parameters()), "lr": args.prompt_lr, "weight_decay": 0.0}]
-    train_a, train_b = cache(frozen, to_tensor(images))
+    train_a, train_b = cache(frozen, images_to_tensor(images))
     train_a = train_a.reshape(num_places, views, *train_a.shape[1:])
     train_b = train_b.reshape(num_places, views, *train_b.shape[1:])
     rng = np.random.default_rng(args.seed)
-    val_db = cache(frozen, to_tensor(val_set.database))
-    val_q = cache(frozen, to_tensor(val_set.queries))
+    val_db = cache(frozen, images_to_tensor(val_set.database))
+    val_q = cache(frozen, images_to_tensor(val_set.queries))
     if not args.no_prompt:  # keys start at far-apart training queries (a fixed random subset)
         subset = torch.as_tensor(rng.choice(num_places * views, min(1024, num_places * views), replace=False))
         picked = model.prompts.init_keys(train_b.flatten(0, 1)[subset])
@@ -160,10 +149,8 @@ def main(argv=None) -> int:
             db, db_idx = describe(*val_db)
             qs, q_idx = describe(*val_q)
         train_mode()
-        index = DescriptorIndex(db.shape[1])
-        index.add(db)
         usage = [] if db_idx is None else torch.bincount(torch.cat((db_idx, q_idx)), minlength=args.pool).tolist()
-        return recall_at_n(index.search(qs, 1)[1], val_set.positives, (1,))[1], usage
+        return recall_at_1(db, qs, val_set.positives), usage
 
     loss_fn = losses.MultiSimilarityLoss(alpha=1.0, beta=50.0, base=0.0, distance=distances.DotProductSimilarity())
     miner = miners.MultiSimilarityMiner(epsilon=0.1, distance=distances.CosineSimilarity())

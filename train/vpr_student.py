@@ -38,14 +38,17 @@ from pacegeo.errors import PacegeoError
 from pacegeo.hub import backbone_fingerprint, load_backbone
 from pacegeo.training.setup import metric_learning, parse_hw
 from pacegeo.vpr.extract import file_sha256, load_vpr, read_vpr_metadata, resolve_vpr
-from pacegeo.vpr.index import DescriptorIndex
-from pacegeo.vpr.places import PlaceConfig, make_place_set, render_places
-from pacegeo.vpr.recall import recall_at_n
+from pacegeo.vpr.index import recall_at_1
+from pacegeo.vpr.places import (
+    VAL_SCENE_OFFSET,
+    PlaceConfig,
+    images_to_tensor,
+    training_places,
+    validation_places,
+)
 from pacegeo.vpr.relations import confusion_weights, multi_similarity_loss, pairs_to_mask, relation_loss
 from pacegeo.vpr.student import FeatureAlignment, StudentConfig, StudentExtractor, save_student
 
-TRAIN_SCENE_OFFSET = 10_000
-VAL_SCENE_OFFSET = 20_000
 ABLATIONS = ("ms", "distill", "confusion", "full")
 
 
@@ -81,28 +84,16 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def to_tensor(images: np.ndarray) -> torch.Tensor:
-    """``[..., H, W, 3]`` uint8 -> ``[M, 3, H, W]`` float in [0, 1]."""
-    flat = images.reshape(-1, *images.shape[-3:])
-    return torch.from_numpy(flat).permute(0, 3, 1, 2).float().div(255.0)
-
-
 @torch.no_grad()
 def teacher_outputs(teacher, images: np.ndarray, batch: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
     """Teacher descriptors ``[M, D]`` and final class + patch tokens ``[M, 1 + N, C]`` (float16)."""
     descs, tokens = [], []
     flat = images.reshape(-1, *images.shape[-3:])
     for s in range(0, len(flat), batch):
-        enc = teacher.encode(to_tensor(flat[s : s + batch]), 1.0)
+        enc = teacher.encode(images_to_tensor(flat[s : s + batch]), 1.0)
         descs.append(teacher.head(enc.tokens, enc.cls))
         tokens.append(torch.cat((enc.cls[:, None], enc.tokens), dim=1).half())
     return torch.cat(descs), torch.cat(tokens)
-
-
-def recall1(db: torch.Tensor, qs: torch.Tensor, positives) -> float:
-    index = DescriptorIndex(db.shape[1])
-    index.add(db)
-    return recall_at_n(index.search(qs, 1)[1], positives, (1,))[1]
 
 
 def main(argv=None) -> int:
@@ -124,15 +115,14 @@ def main(argv=None) -> int:
 
     # -- data and the teacher's outputs, once ------------------------------------------------------
     cfg = PlaceConfig(width=width, height=height)
-    images = np.concatenate([render_places(TRAIN_SCENE_OFFSET + i, args.places_per_scene, args.views, cfg, seed=args.seed)[0]
-                             for i in range(args.train_scenes)])  # [P, V, H, W, 3]
+    images = training_places(args.train_scenes, args.places_per_scene, args.views, cfg, seed=args.seed)  # [P, V, H, W, 3]
     num_places, views = images.shape[:2]
-    val_set = make_place_set([VAL_SCENE_OFFSET + i for i in range(args.val_scenes)], args.val_queries, cfg, seed=args.seed)
+    val_set = validation_places(args.val_scenes, args.val_queries, cfg, seed=args.seed)
     t_desc, t_tok = teacher_outputs(teacher, images)
     t_desc = t_desc.reshape(num_places, views, -1)
     t_tok = t_tok.reshape(num_places, views, *t_tok.shape[1:])
-    val_db, val_q = to_tensor(val_set.database), to_tensor(val_set.queries)
-    teacher_val = recall1(teacher.describe(val_db), teacher.describe(val_q), val_set.positives)
+    val_db, val_q = images_to_tensor(val_set.database), images_to_tensor(val_set.queries)
+    teacher_val = recall_at_1(teacher.describe(val_db), teacher.describe(val_q), val_set.positives)
     prep_seconds = time.perf_counter() - t0
     print(f"{num_places} places x {views} views from {args.train_scenes} rooms, validation {len(val_db)} db / "
           f"{len(val_q)} queries; teacher validation R@1 {teacher_val:.3f} ({prep_seconds:.0f} s)", flush=True)
@@ -156,7 +146,7 @@ def main(argv=None) -> int:
 
     def validate() -> float:
         student.eval()
-        r1 = recall1(student.describe(val_db), student.describe(val_q), val_set.positives)
+        r1 = recall_at_1(student.describe(val_db), student.describe(val_q), val_set.positives)
         student.train()
         return r1
 
@@ -170,7 +160,7 @@ def main(argv=None) -> int:
     for step in range(1, args.steps + 1):
         places = rng.choice(num_places, p_batch, replace=False)
         picks = np.stack([rng.choice(views, 4, replace=False) for _ in places])
-        batch = to_tensor(images[places[:, None], picks])
+        batch = images_to_tensor(images[places[:, None], picks])
         labels = torch.as_tensor(places).repeat_interleave(4)
         tokens, desc = student.tokens(batch)
         teacher_desc = t_desc[places[:, None], picks].reshape(len(labels), -1)

@@ -42,13 +42,10 @@ from pacegeo.errors import PacegeoError
 from pacegeo.pruning.budget import keep_count
 from pacegeo.training.setup import metric_learning, parse_hw
 from pacegeo.vpr.extract import load_vpr, read_vpr_metadata, resolve_vpr
-from pacegeo.vpr.index import DescriptorIndex
-from pacegeo.vpr.places import PlaceConfig, make_place_set, render_places
-from pacegeo.vpr.recall import recall_at_n
+from pacegeo.vpr.index import recall_at_1
+from pacegeo.vpr.places import PlaceConfig, images_to_tensor, training_places, validation_places
 from pacegeo.vpr.ternary import TernaryExtractor, save_ternary_vpr, ternary_from_teacher
 
-TRAIN_SCENE_OFFSET = 10_000  # as train/vpr.py: training rooms 10000.., validation rooms 20000..
-VAL_SCENE_OFFSET = 20_000
 VAL_ACTIVATION_KEEPS = (1.0, 0.7, 0.4)
 
 
@@ -78,12 +75,6 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
-
-
-def to_tensor(images: np.ndarray) -> torch.Tensor:
-    """``[..., H, W, 3]`` uint8 -> ``[M, 3, H, W]`` float in [0, 1]."""
-    flat = images.reshape(-1, *images.shape[-3:])
-    return torch.from_numpy(flat).permute(0, 3, 1, 2).float().div(255.0)
 
 
 @torch.no_grad()
@@ -132,12 +123,6 @@ def descriptors(extractor, prep: torch.Tensor, batch: int = 64) -> torch.Tensor:
     return torch.cat(out)
 
 
-def recall1(db: torch.Tensor, qs: torch.Tensor, positives) -> float:
-    index = DescriptorIndex(db.shape[1])
-    index.add(db)
-    return recall_at_n(index.search(qs, 1)[1], positives, (1,))[1]
-
-
 def trainable(module: torch.nn.Module, on: bool) -> None:
     for param in module.parameters():
         param.requires_grad_(on)
@@ -164,19 +149,18 @@ def main(argv=None) -> int:
 
     # -- data -------------------------------------------------------------------------------------
     cfg = PlaceConfig(width=width, height=height)
-    images = np.concatenate([render_places(TRAIN_SCENE_OFFSET + i, args.places_per_scene, args.views, cfg, seed=args.seed)[0]
-                             for i in range(args.train_scenes)])  # [P, V, H, W, 3]
+    images = training_places(args.train_scenes, args.places_per_scene, args.views, cfg, seed=args.seed)  # [P, V, H, W, 3]
     num_places, views = images.shape[:2]
-    val_set = make_place_set([VAL_SCENE_OFFSET + i for i in range(args.val_scenes)], args.val_queries, cfg, seed=args.seed)
-    prep = prepared_tokens(teacher, to_tensor(images))
+    val_set = validation_places(args.val_scenes, args.val_queries, cfg, seed=args.seed)
+    prep = prepared_tokens(teacher, images_to_tensor(images))
     del images
     t_early, t_final = teacher_targets(teacher, prep)
-    val_prep_db = prepared_tokens(teacher, to_tensor(val_set.database))
-    val_prep_q = prepared_tokens(teacher, to_tensor(val_set.queries))
+    val_prep_db = prepared_tokens(teacher, images_to_tensor(val_set.database))
+    val_prep_q = prepared_tokens(teacher, images_to_tensor(val_set.queries))
     val_prep = torch.cat((val_prep_db, val_prep_q))
     v_early, v_final = teacher_targets(teacher, val_prep)
     n_db = len(val_prep_db)
-    teacher_r1 = recall1(descriptors(teacher, val_prep_db), descriptors(teacher, val_prep_q), val_set.positives)
+    teacher_r1 = recall_at_1(descriptors(teacher, val_prep_db), descriptors(teacher, val_prep_q), val_set.positives)
     prep_seconds = time.perf_counter() - t0
     print(f"{num_places} places x {views} views from {args.train_scenes} rooms, validation {n_db} db / "
           f"{len(val_prep_q)} queries; teacher validation R@1 {teacher_r1:.3f} ({prep_seconds:.0f} s)", flush=True)
@@ -202,7 +186,7 @@ def main(argv=None) -> int:
         out = {}
         for keep in VAL_ACTIVATION_KEEPS:
             set_activation_keep(student, keep)
-            out[keep] = recall1(descriptors(student, val_prep_db), descriptors(student, val_prep_q), val_set.positives)
+            out[keep] = recall_at_1(descriptors(student, val_prep_db), descriptors(student, val_prep_q), val_set.positives)
         set_activation_keep(student, 1.0)
         return out
 

@@ -20,7 +20,7 @@ with an untrained restoration (whose merged positions take their slot's output e
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -189,8 +189,7 @@ class CoMeVGGT(nn.Module):
             slots = rearrange(encoder.norm(seq)[:, front:], "(b s) k c -> b s k c", b=b)
             feats = middle.clone()  # restoration guidance: final features at the slots, layer-L elsewhere
             feats.scatter_(2, reduction.kept_idx[..., None].expand(-1, -1, -1, feats.shape[-1]), slots.to(feats.dtype))
-            reduction = TokenReduction(reduction.kept_idx, reduction.valid, slots, reduction.sizes,
-                                       reduction.assignment, reduction.kept_mask)
+            reduction = replace(reduction, tokens=slots)
             out = self.pace.run_reduced(reduction, feats, grid_hw, (height, width))
         out["images"] = images
         out["pruning"] = {"aa_tokens_per_frame": psi + reduction.kept_idx.shape[2], "merge": merge}

@@ -71,6 +71,7 @@ __all__ = [
     "check_vpr_backbone",
     "file_sha256",
     "head_kind",
+    "head_metadata",
     "load_vpr",
     "read_vpr_metadata",
     "resolve_vpr",
@@ -350,6 +351,17 @@ def read_vpr_metadata(path: str | Path, fmt: str = VPR_FORMAT, what: str = "pace
     return meta
 
 
+def head_metadata(extractor: DescriptorExtractor) -> dict[str, str]:
+    """The metadata strings that describe an extractor's head, scorer and pruning point (shared by
+    every file format that stores them)."""
+    return {
+        "head": head_kind(extractor.head),
+        "head_config": json.dumps(asdict(extractor.head.config)),
+        "scorer_config": json.dumps(asdict(extractor.scorer.config)) if extractor.scorer is not None else "",
+        "prune_after": str(extractor.prune_after),
+    }
+
+
 def save_vpr(
     extractor: DescriptorExtractor,
     path: str | Path,
@@ -375,10 +387,7 @@ def save_vpr(
     state = {k: v.detach().contiguous().cpu() for k, v in state.items()}
     meta = {
         "format": VPR_FORMAT,
-        "head": head_kind(extractor.head),
-        "head_config": json.dumps(asdict(extractor.head.config)),
-        "scorer_config": json.dumps(asdict(extractor.scorer.config)) if extractor.scorer is not None else "",
-        "prune_after": str(extractor.prune_after),
+        **head_metadata(extractor),
         "backbone": str(backbone),
         "backbone_fingerprint": backbone_fingerprint,
     }

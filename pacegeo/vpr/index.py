@@ -27,6 +27,7 @@ import torch
 from pacegeo.errors import InputError
 from pacegeo.extras import require
 from pacegeo.io.outputs import atomic_write
+from pacegeo.vpr.recall import recall_at_n
 
 faiss = require("faiss", "place-recognition retrieval")
 
@@ -35,7 +36,7 @@ logger = logging.getLogger(__name__)
 INDEX_FORMAT = "pacegeo-vpr-index/1"
 INDEX_KINDS = ("flat", "hnsw", "ivf")
 
-__all__ = ["INDEX_FORMAT", "INDEX_KINDS", "DescriptorIndex"]
+__all__ = ["INDEX_FORMAT", "INDEX_KINDS", "DescriptorIndex", "recall_at_1"]
 
 
 def _as_matrix(x, dim: int | None, what: str) -> np.ndarray:
@@ -220,3 +221,11 @@ class DescriptorIndex:
         elif self.kind == "ivf" and self.index is not None:
             faiss.extract_index_ivf(self.index).nprobe = int(self.settings["nprobe"])
         return self
+
+
+def recall_at_1(database: torch.Tensor, queries: torch.Tensor, positives) -> float:
+    """Recall@1 of ``queries [Q, D]`` against ``database [M, D]`` (exact inner-product search);
+    ``positives``: the database indices that count as correct for each query."""
+    index = DescriptorIndex(database.shape[1])
+    index.add(database)
+    return recall_at_n(index.search(queries, 1)[1], positives, (1,))[1]

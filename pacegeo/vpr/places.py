@@ -23,6 +23,7 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from scipy.spatial.transform import Rotation
 
 from pacegeo.data.synth import make_scene, make_trajectory, render_frame, scene_intrinsics
@@ -30,7 +31,12 @@ from pacegeo.vpr.recall import positives_from_poses
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PlaceConfig", "PlaceSet", "jitter_pose", "make_place_set", "place_centres", "render_places"]
+__all__ = ["TRAIN_SCENE_OFFSET", "VAL_SCENE_OFFSET", "PlaceConfig", "PlaceSet", "images_to_tensor", "jitter_pose",
+           "make_place_set", "place_centres", "render_places", "training_places", "validation_places"]
+
+#: Room seeds of the VPR trainings: training rooms 10000, 10001, ..., validation rooms 20000, ...
+TRAIN_SCENE_OFFSET = 10_000
+VAL_SCENE_OFFSET = 20_000
 
 
 @dataclass(frozen=True)
@@ -158,3 +164,21 @@ def make_place_set(scene_seeds: list[int], queries_per_scene: int, cfg: PlaceCon
     logger.info("SynthRooms place set: %d scenes, %d database views, %d queries", len(scene_seeds), offset, len(q_img))
     return PlaceSet(np.stack(db_img), np.stack(q_img), np.concatenate(db_pose), np.concatenate(q_pose),
                     np.asarray(db_scene), np.asarray(q_scene), positives)
+
+
+def training_places(scenes: int, places_per_scene: int, views: int, cfg: PlaceConfig, seed: int = 0) -> np.ndarray:
+    """Training places of rooms ``TRAIN_SCENE_OFFSET + 0 .. scenes - 1`` (:func:`render_places`
+    per room), ``[P, V, H, W, 3]`` uint8."""
+    return np.concatenate([render_places(TRAIN_SCENE_OFFSET + i, places_per_scene, views, cfg, seed=seed)[0]
+                           for i in range(scenes)])
+
+
+def validation_places(scenes: int, queries_per_scene: int, cfg: PlaceConfig, seed: int = 0) -> PlaceSet:
+    """The validation place set over rooms ``VAL_SCENE_OFFSET + 0 .. scenes - 1``."""
+    return make_place_set([VAL_SCENE_OFFSET + i for i in range(scenes)], queries_per_scene, cfg, seed=seed)
+
+
+def images_to_tensor(images: np.ndarray) -> torch.Tensor:
+    """Rendered views ``[..., H, W, 3]`` uint8 -> ``[M, 3, H, W]`` float32 in [0, 1]."""
+    flat = images.reshape(-1, *images.shape[-3:])
+    return torch.from_numpy(flat).permute(0, 3, 1, 2).float().div(255.0)

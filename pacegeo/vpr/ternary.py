@@ -42,7 +42,14 @@ from pacegeo.errors import CheckpointError, InputError
 from pacegeo.io.outputs import atomic_path
 from pacegeo.pruning.budget import keep_count
 from pacegeo.pruning.scorer import ScorerConfig, TokenScorer
-from pacegeo.vpr.extract import DescriptorExtractor, Scoring, build_head, head_kind, read_vpr_metadata, resolve_vpr
+from pacegeo.vpr.extract import (
+    DescriptorExtractor,
+    Scoring,
+    build_head,
+    head_metadata,
+    read_vpr_metadata,
+    resolve_vpr,
+)
 
 __all__ = [
     "MIN_ACTIVATION_KEEP",
@@ -302,10 +309,7 @@ def save_ternary_vpr(extractor: TernaryExtractor, path: str | Path, backbone: st
         "encoder_config": json.dumps(asdict(extractor.encoder.config)),
         "ternary_layers": json.dumps(layers),
         "quantization": "absmean ternary per tensor, 2-bit packed (value + 1, 4 per byte, low bits first)",
-        "head": head_kind(extractor.head),
-        "head_config": json.dumps(asdict(extractor.head.config)),
-        "scorer_config": json.dumps(asdict(extractor.scorer.config)) if extractor.scorer is not None else "",
-        "prune_after": str(extractor.prune_after),
+        **head_metadata(extractor),
         "backbone": str(backbone),
         "backbone_fingerprint": backbone_fingerprint,
     }
