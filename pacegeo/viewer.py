@@ -404,8 +404,19 @@ def serve(scene: SceneArrays, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT
     except KeyboardInterrupt:
         log.info("viewer stopped")
     finally:
-        with _quiet_stdout():
-            server.stop()
+        _stop_server(server)
+
+
+def _stop_server(server, timeout: float = 5.0) -> None:
+    """``server.stop()``, waited for at most ``timeout`` seconds: it joins viser's threads and has
+    been seen to block under load, and a stopped viewer must not keep its command from ending.
+    The server's threads are daemons; what is left of them ends with the process."""
+    stopper = threading.Thread(target=server.stop, daemon=True)
+    with _quiet_stdout():
+        stopper.start()
+        stopper.join(timeout)
+    if stopper.is_alive():
+        log.debug("the viewer's server was still stopping after %.0f s; not waiting for it", timeout)
 
 
 @contextlib.contextmanager
