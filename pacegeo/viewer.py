@@ -21,6 +21,7 @@ import contextlib
 import io
 import logging
 import math
+import signal
 import socket
 import threading
 import zipfile
@@ -381,11 +382,41 @@ def check_port(host: str, port: int) -> None:
 
 def serve(scene: SceneArrays, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
           ready: Callable[[str], None] | None = None, stop: threading.Event | None = None, **kwargs) -> None:
-    """Serve ``scene`` at ``http://host:port`` until Ctrl-C (or until ``stop`` is set), then return.
+    """Serve ``scene`` at ``http://host:port`` until Ctrl-C or SIGTERM (or until ``stop`` is set),
+    then return.
 
     ``ready(url)`` is called once the viewer is up; ``kwargs`` go to :func:`build_scene`.
     Raises :class:`InputError` when viser is missing or the port is taken.
     """
+    stop = stop or threading.Event()
+    with _stop_on_signals(stop):
+        _serve(scene, host, port, ready, stop, **kwargs)
+
+
+@contextlib.contextmanager
+def _stop_on_signals(stop: threading.Event):
+    """SIGINT and SIGTERM set ``stop`` while the viewer serves (previous handlers restored after).
+
+    Explicit handlers, because a process started with SIGINT ignored (a shell's background job,
+    ``nohup``) never turns Ctrl-C or ``kill -INT`` into ``KeyboardInterrupt``. Signal handlers can
+    only be set from the main thread; elsewhere ``stop`` is the only way out.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    handled = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.getsignal(sig) for sig in handled}
+    for sig in handled:
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+
+
+def _serve(scene: SceneArrays, host: str, port: int, ready: Callable[[str], None] | None,
+           stop: threading.Event, **kwargs) -> None:
     viser = import_viser()
     check_port(host, port)
     with _quiet_stdout():  # viser prints a banner; the address goes to ready() and the log instead
@@ -398,10 +429,8 @@ def serve(scene: SceneArrays, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT
         log.info("viewer at %s", url)
         if ready is not None:
             ready(url)
-        stop = stop or threading.Event()
         while not stop.wait(0.25):
             pass
-    except KeyboardInterrupt:
         log.info("viewer stopped")
     finally:
         _stop_server(server)

@@ -253,13 +253,19 @@ def test_import_needs_no_viser():
 # -- the served viewer ---------------------------------------------------------------------------
 
 
+def _ignore_sigint():
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 @contextlib.contextmanager
-def _served(npz: Path):
-    """``pacegeo view NPZ --port 0`` in a subprocess; yields (process, url); Ctrl-C at the end."""
+def _served(npz: Path, sigint_ignored: bool = False):
+    """``pacegeo view NPZ --port 0`` in a subprocess; yields (process, url); Ctrl-C at the end.
+    ``sigint_ignored`` starts it as a shell's background job is started (SIGINT ignored)."""
     pytest.importorskip("viser")
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.Popen([sys.executable, "-m", "pacegeo", "view", str(npz), "--port", "0"], cwd=REPO_ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=_ignore_sigint if sigint_ignored else None)
     try:
         line = proc.stdout.readline()
         match = re.search(r"http://127\.0\.0\.1:\d+", line)
@@ -275,13 +281,15 @@ def _served(npz: Path):
             proc.wait()
 
 
-def test_ctrl_c_stops_cleanly(scene_npz):
-    with _served(scene_npz) as (proc, url):
+@pytest.mark.parametrize("sig, sigint_ignored", [(signal.SIGINT, False), (signal.SIGTERM, False), (signal.SIGINT, True)],
+                         ids=["ctrl-c", "sigterm", "ctrl-c-in-background-job"])
+def test_ctrl_c_stops_cleanly(scene_npz, sig, sigint_ignored):
+    with _served(scene_npz, sigint_ignored) as (proc, url):
         import urllib.request
 
         with urllib.request.urlopen(url, timeout=10) as response:
             assert response.status == 200 and b"<html" in response.read(2000).lower()
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         out, err = proc.communicate(timeout=20)
     assert proc.returncode == 0, err
     assert out.strip() == "viewer stopped" and err == ""
