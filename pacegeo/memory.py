@@ -223,14 +223,14 @@ def estimate_peak_memory(
         device: ``"cpu"`` or ``"cuda"`` (the element sizes of autocast differ).
         runtime_bytes: process memory outside tensors (CPU: resident set before the run minus
             weights and images).
-        frames_chunk, heads_chunk: the pruner's chunk sizes (defaults as in :class:`PaceVGGT`).
+        frames_chunk, heads_chunk: the pruner's chunk sizes (None: the defaults of :class:`PaceVGGT`).
         outputs_on_host: the pruned path moves predictions off the device chunk by chunk
             (default: on CUDA, as the pipeline does).
         post: count the host-side post-processing (default: on the CPU, where it shares the memory).
         live_only: on the CPU, count live tensor bytes only (what
             :class:`pacegeo.memtrace.TensorMemoryTracker` measures), without the allocator's slack.
     """
-    from pacegeo.pruning.stream import HEADS_CHUNK
+    from pacegeo.pruning.stream import heads_chunk_for
 
     device = torch.device(device).type
     cuda = device == "cuda"
@@ -251,7 +251,8 @@ def estimate_peak_memory(
     heads = [h for h in (config.depth_head, config.point_head) if h is not None]
     dpt_chunk = min([h.frames_chunk_size or s for h in heads] or [8])
     frames_chunk = frames_chunk or dpt_chunk
-    heads_chunk = heads_chunk or HEADS_CHUNK
+    dpt_sizes = [h.frames_chunk_size for h in heads if h.frames_chunk_size]
+    heads_chunk = heads_chunk or heads_chunk_for(image_hw, s, min(dpt_sizes, default=None))
     layers = len(config.head_layers())
     dino = agg.resolved_dino() is not None
     r = 4 if dino or amp_dtype is None else b.act  # residual stream / features / entries
@@ -316,11 +317,26 @@ def estimate_peak_memory(
         restored = layers * hc * (psi + n + 1) * d * r
         hidden = min(256, max(16, c // 4))
         restore_work = hc * pruned_pos * (d * (3 * r + b.act) + (c + d) * 4 + 2 * hidden * b.act)
-        dpt = max([dpt_chunk_bytes(h, hc, grid_hw, image_hw, b) for h in heads] or [0])
-        held = feats + reduction + layers * entry + (0 if outputs_on_host else outputs)
-        phases["heads"] = held + plan + restored + max(restore_work, dpt)
+        # the heads on one chunk of hc frames: each DPT head splits it into its own chunks (as in
+        # the unpruned path, with hc frames for s), and the depth outputs of the chunk stay alive
+        # while the point head runs
+        dpt, before = 0, 0
+        for h in heads:
+            per_frame = pixels * h.output_dim * b.heads
+            c_h = min(h.frames_chunk_size or hc, hc)
+            during = dpt_chunk_bytes(h, c_h, grid_hw, image_hw, b) + (hc - c_h) * per_frame
+            dpt = max(dpt, before + max(during, 3 * hc * per_frame if c_h < hc else 0))
+            before += hc * per_frame
+        # the output buffers are allocated when the first chunk's outputs are written: during the
+        # heads of the later chunks, or right after the heads when one chunk holds every frame
+        one_chunk = hc >= s
+        held = feats + reduction + layers * entry + (0 if outputs_on_host or one_chunk else outputs)
+        write = 2 * outputs if one_chunk and not outputs_on_host else 0
+        # the plan is freed before the heads run
+        phases["heads"] = held + restored + max(plan + restore_work, dpt, write)
         layer = hc * (psi + n + 1) * d * r
-        dpt_heap = max([heap_bytes(dpt_chunk_tensors(h, hc, grid_hw, image_hw, b)) for h in heads] or [0])
+        dpt_heap = max([heap_bytes(dpt_chunk_tensors(h, min(h.frames_chunk_size or hc, hc), grid_hw, image_hw, b))
+                        for h in heads] or [0])
         slack = heap_bytes([layer] * layers) + (plan if plan < HEAP_BLOCK_LIMIT else 0) + max(restore_work, dpt_heap)
 
     final = 0 if (pruned and outputs_on_host) else outputs

@@ -49,7 +49,7 @@ from pacegeo.pruning.budget import (
 from pacegeo.pruning.early import prune_inside_encoder
 from pacegeo.pruning.merge import TokenReduction, gather_tokens, reduce_tokens, straight_through_mask, topk_mask
 from pacegeo.pruning.restore import FeatureGuidedRestoration, RestorationConfig
-from pacegeo.pruning.stream import HEADS_CHUNK, default_chunk, streamed_heads
+from pacegeo.pruning.stream import default_chunk, streamed_heads
 from pacegeo.pruning.scorer import TokenScorer
 from pacegeo.pruning.training_free import (
     distinctiveness_scores,
@@ -182,8 +182,9 @@ class PaceVGGT(nn.Module):
         frames_chunk: frames per chunk of the embedding, scoring and selection of a pruned
             forward; default: the DPT heads' ``frames_chunk_size``.
         heads_chunk: frames per chunk of the restoration and the depth and point heads of a pruned
-            forward (default :data:`pacegeo.pruning.stream.HEADS_CHUNK`). The two chunk sizes bound
-            memory only: the outputs do not depend on them.
+            forward; default (None): :func:`pacegeo.pruning.stream.heads_chunk_for` the image size
+            and the number of frames (two frames of 518x392, more of smaller frames, at most an
+            eighth of them). The two chunk sizes bound memory only: the outputs do not depend on them.
     """
 
     def __init__(
@@ -226,7 +227,7 @@ class PaceVGGT(nn.Module):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise InputError(f"{name} must be a positive integer, got {value!r}")
         self.frames_chunk = frames_chunk or default_chunk(backbone)
-        self.heads_chunk = heads_chunk or HEADS_CHUNK
+        self.heads_chunk = heads_chunk
         #: prune inside the encoder after this many of its blocks (:mod:`pacegeo.pruning.early`); None: before the AA stack
         self.encoder_layer: int | None = None
         #: the last ``dense_tail`` AA blocks run on the whole sequence, re-expanded by the restoration; 0: none

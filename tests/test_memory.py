@@ -53,6 +53,17 @@ def test_every_phase_matches_the_tensor_bytes_the_forward_allocates(monkeypatch,
     assert est.activations == pytest.approx(traced.peak, rel=0.12)
 
 
+@pytest.mark.parametrize("heads_chunk", [4, 8, 16])
+def test_heads_phase_matches_for_chunks_of_several_frames(monkeypatch, model, heads_chunk):
+    """Chunks below, at and above the DPT heads' own chunk of 8 (16: one chunk holds every frame)."""
+    images = torch.rand(1, 16, 3, 56, 70)
+    pace = PaceVGGT(model, mode="training-free", amp_dtype="float32", heads_chunk=heads_chunk)
+    traced = _traced_phases(monkeypatch, pace, images, 0.5)
+    est = estimate_peak_memory(model.config, 16, (56, 70), 0.5, None, device="cpu", post=False, live_only=True,
+                               heads_chunk=heads_chunk)
+    assert dict(est.phases)["heads"] == pytest.approx(traced.phase_peaks["heads"], rel=0.12)
+
+
 def test_pruning_shrinks_the_stack_and_its_entries():
     config = vggt_1b()
     full = estimate_peak_memory(config, 500, (392, 518), 1.0, torch.bfloat16, device="cuda")

@@ -176,3 +176,30 @@ def test_dense_tail_is_checked():
     for bad in (2, -1, True, 0.5):
         with pytest.raises(InputError, match="dense tail"):
             check_dense_tail(model, bad)
+
+
+def test_default_heads_chunk_holds_two_frames_of_518x392_more_of_smaller_ones_and_an_eighth_of_the_frames():
+    from pacegeo.pruning.stream import heads_chunk_for
+
+    assert heads_chunk_for((392, 518), 1000) == 2 and heads_chunk_for((392, 518), 1000, dpt_chunk=8) == 2
+    assert heads_chunk_for((1036, 784), 1000) == 1
+    assert heads_chunk_for((112, 154), 1000) == 23  # 2 * 518 * 392 // (112 * 154)
+    assert heads_chunk_for((112, 154), 1000, dpt_chunk=8) == 16  # a whole number of the DPT heads' chunks
+    assert heads_chunk_for((112, 154), 32, dpt_chunk=8) == 4  # an eighth of the frames
+    assert heads_chunk_for((112, 154), 8, dpt_chunk=8) == 2  # but at least two
+
+
+def test_default_heads_chunk_gives_the_outputs_of_one_frame_at_a_time(model, monkeypatch):
+    """The default chunking (chunks of two of the 6 frames of 56x70) against chunks of one frame."""
+    import pacegeo.pruning.stream as stream
+
+    chunks = []
+    real = stream.heads_chunk_for
+    monkeypatch.setattr(stream, "heads_chunk_for", lambda *a, **k: chunks.append(real(*a, **k)) or chunks[-1])
+    images = torch.rand(1, 6, 3, 56, 70, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        auto = _trained_pruner(model)(images, keep=0.4)
+        one = _trained_pruner(model, heads_chunk=1)(images, keep=0.4)
+    assert chunks == [2]  # the default was used
+    for key in DENSE_KEYS:
+        torch.testing.assert_close(auto[key], one[key], rtol=1e-5, atol=1e-5)

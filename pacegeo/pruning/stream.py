@@ -19,6 +19,8 @@ the two paths). The heads are the backbone's own (:meth:`~pacegeo.backbone.VGGT.
 :meth:`~pacegeo.backbone.VGGT.predict_cameras`).
 """
 
+import math
+
 import torch
 from torch import nn
 
@@ -27,10 +29,28 @@ from pacegeo.pruning.merge import TokenReduction
 from pacegeo.pruning.restore import FeatureGuidedRestoration
 
 
-#: Default frames per chunk of the streamed restoration and heads. Small: a chunk's dense entries
-#: and full-resolution head activations are the working set of this stage (VGGT-1B's DPT head costs
-#: about 226 GFLOP per frame at 518x392, so two frames still fill an accelerator).
-HEADS_CHUNK = 2
+#: Image pixels per chunk of the streamed restoration and heads (default chunking): two frames of
+#: 518x392. A chunk's dense entries and full-resolution head activations are the working set of
+#: this stage, and both grow with the pixels of a frame; VGGT-1B's DPT head costs about 226 GFLOP
+#: per frame at 518x392, so two such frames still fill an accelerator. Smaller frames go in more
+#: per chunk: two frames of 154x112 would leave the per-chunk overheads dominant.
+HEADS_CHUNK_PIXELS = 2 * 518 * 392
+#: ... but a chunk holds at most this fraction of the frames (and at least two frames): one chunk's
+#: restored entries and head activations stay a small part of what the pruned forward holds, so
+#: that it stays lighter than the unpruned one, whose heads read every frame's dense entries.
+HEADS_CHUNK_FRACTION = 1 / 8
+
+
+def heads_chunk_for(image_hw: tuple[int, int], frames: int, dpt_chunk: int | None = None) -> int:
+    """Default frames per chunk of the restoration and heads for ``frames`` frames of ``image_hw``
+    pixels: as many as fit in :data:`HEADS_CHUNK_PIXELS` (at least one), at most
+    :data:`HEADS_CHUNK_FRACTION` of the frames (or two), rounded down to a multiple of the DPT
+    heads' own ``dpt_chunk`` when larger (they split what they get into chunks of it)."""
+    chunk = max(1, HEADS_CHUNK_PIXELS // (image_hw[0] * image_hw[1]))
+    chunk = min(chunk, max(2, math.ceil(frames * HEADS_CHUNK_FRACTION)))
+    if dpt_chunk and chunk > dpt_chunk:
+        chunk -= chunk % dpt_chunk
+    return chunk
 
 
 def dense_head_layers(backbone: nn.Module) -> list[int]:
@@ -90,7 +110,7 @@ def streamed_heads(
         reduction: the :class:`TokenReduction` behind the sequence.
         feats: ``[B, S, N, C]`` DINO patch features.
         grid_hw: patch grid ``(h, w)``; image_hw: input ``(H, W)`` pixels.
-        chunk: frames per chunk (default :data:`HEADS_CHUNK`).
+        chunk: frames per chunk (default: :func:`heads_chunk_for` the image size and the DPT heads).
         output_device: where the depth and point outputs are gathered (default: their device);
             ``"cpu"`` keeps only one chunk of them on an accelerator.
         clock: a :class:`pacegeo.pace.StageClock` (or None), charged ``restoration`` and ``heads``.
@@ -102,7 +122,10 @@ def streamed_heads(
     """
     psi = backbone.aggregator.patch_start_idx
     b, s = feats.shape[:2]
-    chunk = chunk or HEADS_CHUNK
+    if chunk is None:
+        sizes = [h.config.frames_chunk_size for h in (backbone.depth_head, backbone.point_head)
+                 if h is not None and h.config.frames_chunk_size]
+        chunk = heads_chunk_for(image_hw, s, min(sizes, default=None))
     last = len(entries) - 1
     dense_from = len(entries) if dense_from is None else dense_from
     taps = dense_head_layers(backbone)
@@ -156,4 +179,4 @@ def streamed_heads(
     return out
 
 
-__all__ = ["HEADS_CHUNK", "default_chunk", "dense_head_layers", "streamed_heads"]
+__all__ = ["HEADS_CHUNK_FRACTION", "HEADS_CHUNK_PIXELS", "default_chunk", "dense_head_layers", "heads_chunk_for", "streamed_heads"]
