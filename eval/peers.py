@@ -58,9 +58,9 @@ SETTINGS = [
     ("unpruned", None),
     *[("fastvggt", r) for r in (0.5, 0.7, 0.9)],
     *[("come", r) for r in (0.3, 0.6, 0.9)],
-    *[("pace", k) for k in (0.7, 0.5, 0.3)],
+    *[("pace", k) for k in (0.7, 0.6, 0.5, 0.3)],
     *[("pace-training-free", k) for k in (0.5, 0.3)],
-    *[("pace+fastvggt", kr) for kr in ((0.7, 0.9), (0.5, 0.9), (0.5, 0.5), (0.3, 0.5))],
+    *[("pace+fastvggt", kr) for kr in ((0.7, 0.9), (0.7, 0.5), (0.5, 0.9), (0.5, 0.5), (0.3, 0.5))],
     *[("pace-encoder", k) for k in (0.5, 0.3)],
 ]
 #: the latency-only run on VGGT-1B random weights (no trained pruner: training-free scores)
