@@ -1,7 +1,7 @@
 """What the process and its devices have: free memory, the resident set, and freed heap handed back.
 
 Used by the memory preflight (:mod:`pacegeo.memory`), the streamed heads (which hand freed heap
-back after every chunk) and the run summaries (peak resident set).
+back after every large chunk) and the run summaries (peak resident set).
 """
 
 from __future__ import annotations

@@ -203,3 +203,15 @@ def test_default_heads_chunk_gives_the_outputs_of_one_frame_at_a_time(model, mon
     assert chunks == [2]  # the default was used
     for key in DENSE_KEYS:
         torch.testing.assert_close(auto[key], one[key], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("min_pixels, trims", [(2 * 56 * 70, 3), (2 * 56 * 70 + 1, 0)])
+def test_freed_heap_is_handed_back_after_chunks_of_at_least_trim_min_pixels(model, monkeypatch, min_pixels, trims):
+    import pacegeo.pruning.stream as stream
+
+    calls = []
+    monkeypatch.setattr(stream, "TRIM_MIN_PIXELS", min_pixels)
+    monkeypatch.setattr(stream, "release_host_memory", lambda: calls.append(1))
+    with torch.no_grad():
+        _trained_pruner(model, heads_chunk=2)(torch.rand(1, 6, 3, 56, 70), keep=0.4)
+    assert len(calls) == trims

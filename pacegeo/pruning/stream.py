@@ -39,6 +39,11 @@ HEADS_CHUNK_PIXELS = 2 * 518 * 392
 #: restored entries and head activations stay a small part of what the pruned forward holds, so
 #: that it stays lighter than the unpruned one, whose heads read every frame's dense entries.
 HEADS_CHUNK_FRACTION = 1 / 8
+#: On the CPU, the freed heap is handed back to the system after every chunk that holds at least
+#: this many pixels (one 518x392 frame): the resident set then keeps one chunk's working set, not
+#: the holes of every chunk. Smaller chunks free little, and handing it back costs more (each
+#: chunk faults its pages in again: 12-15% of a pruned forward of 32 frames of 154x112).
+TRIM_MIN_PIXELS = 518 * 392
 
 
 def heads_chunk_for(image_hw: tuple[int, int], frames: int, dpt_chunk: int | None = None) -> int:
@@ -138,6 +143,7 @@ def streamed_heads(
     mark = clock.mark if clock is not None else (lambda stage: None)
     outputs = _Outputs(s, None if output_device is None else torch.device(output_device))
     context = None
+    trim = feats.device.type == "cpu" and chunk * image_hw[0] * image_hw[1] >= TRIM_MIN_PIXELS
     for start in range(0, s, chunk) if layers else ():
         stop = min(s, start + chunk)
         part = reduction.frames(start, stop)
@@ -161,7 +167,7 @@ def streamed_heads(
             del dense
             outputs.write(start, backbone.predict_dense(heads_in, image_hw, psi))
             del heads_in
-        if feats.device.type == "cpu":
+        if trim:
             release_host_memory()  # the chunk's freed blocks, before the next chunk allocates
         mark("heads")
 
@@ -179,4 +185,7 @@ def streamed_heads(
     return out
 
 
-__all__ = ["HEADS_CHUNK_FRACTION", "HEADS_CHUNK_PIXELS", "default_chunk", "dense_head_layers", "heads_chunk_for", "streamed_heads"]
+__all__ = [
+    "HEADS_CHUNK_FRACTION", "HEADS_CHUNK_PIXELS", "TRIM_MIN_PIXELS", "default_chunk", "dense_head_layers", "heads_chunk_for",
+    "streamed_heads",
+]
