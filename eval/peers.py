@@ -20,7 +20,10 @@ unpruned median. Per method also: FLOPs actually executed (:func:`pacegeo.evalua
 and the FLOP-ideal speed-up, the peak of live tensor bytes of one forward
 (:class:`pacegeo.memtrace.TensorMemoryTracker`, first clip), ground-truth quality (depth AbsRel,
 median relative-rotation error, Chamfer) and fidelity to the unpruned run (rotation and depth
-deviation), means over clips.
+deviation), means over clips. The markdown then asks whether a pacegeo setting dominates each peer
+setting, compares each peer setting clip by clip with the pacegeo settings of similar speed-up
+(paired bootstrap intervals), and sets the combinations against pre-AA pruning alone;
+``--from-json`` rewrites the markdown and the plot from a report without measuring again.
 
     python eval/peers.py --model pacegeo-tiny --frames 32 --scenes 20 --json eval/results/peers_synthrooms_S32.json \
         --md eval/results/peers_synthrooms_S32.md --plot eval/results/peers_synthrooms_S32.png
@@ -43,6 +46,7 @@ import torch
 
 from pacegeo.errors import PacegeoError
 from pacegeo.evaluation.flopcount import counted_flops
+from pacegeo.evaluation.stats import paired_gain_ci
 from pacegeo.evaluation.synthclips import clip_metrics, eval_clip, run_reference
 from pacegeo.memtrace import TensorMemoryTracker
 from pacegeo.pace import PaceVGGT
@@ -183,6 +187,7 @@ def records_of(per, cost, quality: bool) -> list[dict]:
                 rec[k] = float(np.mean([m[k] for m in values["metrics"]]))
             rec.update(rot_err_deg=rec["rot_err_med"], rot_dev_deg=rec["rot_dev_med"], depth_dev=rec["depth_dev_med"],
                        per_scene={k: [round(m[k], 6) for m in values["metrics"]] for k in METRICS})
+            rec["per_scene"]["seconds"] = [round(v, 5) for v in values["seconds"]]
         records.append(rec)
     return records
 
@@ -198,6 +203,7 @@ def dominance(records: list[dict]) -> list[str]:
                 if r["speedup"] >= peer["speedup"] and r["abs_rel"] <= peer["abs_rel"] and r["rot_err_deg"] <= peer["rot_err_deg"]]
         lines.append(f"| {peer['method']} | {peer['setting']} | {peer['speedup']:.2f}x | {peer['abs_rel']:.4f} | "
                      f"{peer['rot_err_deg']:.2f} | {', '.join(wins) or 'none'} |")
+    lines += paired_view(records)
     alone = [r for r in records if r["method"] == "pace"]
     combos = [r for r in records if r["method"] in ("pace+fastvggt", "pace-encoder")]
     lines += ["", "Beyond pre-AA: combinations against pre-AA pruning alone at equal or better AbsRel (speed-up ratio).", "",
@@ -208,6 +214,32 @@ def dominance(records: list[dict]) -> list[str]:
         lines.append(f"| pace {a['setting']} | {a['speedup']:.2f}x | {a['abs_rel']:.4f} | "
                      + (f"{best['method']} {best['setting']} | {best['speedup']:.2f}x | {best['speedup'] / a['speedup']:.2f} |"
                         if best else "none | - | - |"))
+    return lines
+
+
+#: the paired view compares each peer setting with the pacegeo settings this close in speed-up
+SPEED_BAND = 0.05
+
+
+def paired_view(records: list[dict]) -> list[str]:
+    """Markdown: each peer setting against the pacegeo settings within :data:`SPEED_BAND` of its
+    speed-up, with the mean per-clip gain in AbsRel and rotation error (positive: pacegeo better)
+    and its 95% paired bootstrap interval over clips (:func:`pacegeo.evaluation.stats.paired_gain_ci`)."""
+    lines = ["", f"Paired view: each peer setting against the pacegeo settings within {SPEED_BAND:.0%} of its speed-up; "
+             "gain = peer minus pacegeo per clip (positive: pacegeo better), mean over clips and 95% paired bootstrap "
+             "interval. An interval that contains 0 means these clips do not tell the two apart.", "",
+             "| peer | setting | speed-up | pacegeo | speed-up | AbsRel gain [95%] | rot. err. gain, deg [95%] |",
+             "|---|---|---|---|---|---|---|"]
+    ours = [r for r in records if r["method"].startswith("pace") and "per_scene" in r]
+    for peer in (r for r in records if r["method"] in ("fastvggt", "come") and "per_scene" in r):
+        near = [r for r in ours if abs(r["speedup"] / peer["speedup"] - 1) <= SPEED_BAND]
+        for r in sorted(near, key=lambda r: -r["speedup"]):
+            cells = []
+            for key, digits in (("abs_rel", 4), ("rot_err_med", 2)):
+                gain, lo, hi = paired_gain_ci(r["per_scene"][key], peer["per_scene"][key], higher=False)
+                cells.append(f"{gain:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}]")
+            lines.append(f"| {peer['method']} | {peer['setting']} | {peer['speedup']:.2f}x | {r['method']} {r['setting']} | "
+                         f"{r['speedup']:.2f}x | {cells[0]} | {cells[1]} |")
     return lines
 
 
@@ -267,9 +299,17 @@ def main(argv=None) -> int:
     p.add_argument("--dtype", default="auto")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", type=Path, required=True)
+    p.add_argument("--from-json", action="store_true",
+                   help="measure nothing: rewrite --md and --plot from the report already in --json")
     p.add_argument("--md", type=Path, default=None)
     p.add_argument("--plot", type=Path, default=None)
     args = p.parse_args(argv)
+    if args.from_json:
+        if not args.json.is_file():
+            print(f"error: --from-json: no report at {args.json}", file=sys.stderr)
+            return 2
+        write_outputs(json.loads(args.json.read_text()), args.md, args.plot)
+        return 0
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -301,12 +341,16 @@ def main(argv=None) -> int:
               "pruner": pruner or "training-free", "records": records_of(per, cost, not args.latency_only)}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=1) + "\n")
-    if args.md:
-        write_markdown(report, args.md)
-        print(args.md.read_text())
-    if args.plot and not args.latency_only:
-        plot(report["records"], args.plot)
+    write_outputs(report, args.md, args.plot)
     return 0
+
+
+def write_outputs(report: dict, md: Path | None, png: Path | None) -> None:
+    if md:
+        write_markdown(report, md)
+        print(md.read_text())
+    if png and not report["latency_only"]:
+        plot(report["records"], png)
 
 
 def load_models(args):

@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from pacegeo.errors import PacegeoError
+from pacegeo.evaluation.stats import paired_gain_ci
 from pacegeo.evaluation.synthclips import clip_metrics, eval_clip, run_reference
 from pacegeo.hub import load_backbone, resolve_weights
 from pacegeo.models import read_preprocess
@@ -192,19 +193,6 @@ CHECK_METRICS = (("abs_rel", False), ("auc30", True), ("rra15", True))  # (metri
 SCENE_METRICS = ("abs_rel", "auc30", "rra15", "rot_err_med", "rot_dev_med", "trans_dev_med", "depth_dev_med",
                  "points_dev")  # kept per scene
 FIDELITY_METRICS = ("rot_dev_med", "trans_dev_med", "depth_dev_med", "points_dev")  # lower is better
-
-
-def paired_gain_ci(mine: list[float], other: list[float], higher: bool, n_boot: int = 4000,
-                   seed: int = 0) -> tuple[float, float, float]:
-    """Mean per-scene gain of ``mine`` over ``other`` (positive = ``mine`` better) and its 95%
-    bootstrap interval, resampling scenes (both lists hold the same scenes in the same order)."""
-    diff = np.asarray(mine, dtype=np.float64) - np.asarray(other, dtype=np.float64)
-    if not higher:
-        diff = -diff
-    rng = np.random.default_rng(seed)
-    means = diff[rng.integers(0, len(diff), size=(n_boot, len(diff)))].mean(axis=1)
-    lo, hi = np.percentile(means, [2.5, 97.5])
-    return float(diff.mean()), float(lo), float(hi)
 
 
 def checks_table(records: list[dict], learned: str = "learned", ablation: str = "stage1") -> list[str]:

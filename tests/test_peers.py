@@ -50,6 +50,20 @@ def test_dominance_lists_exactly_the_faster_and_no_worse_settings():
     assert next(line for line in lines if line.startswith("| pace 0.5 ")).endswith("| none | - | - |")
 
 
+def test_paired_view_compares_settings_of_similar_speed_clip_by_clip():
+    def rec(method, setting, speedup, abs_rel, rot):
+        return {**_rec(method, setting, speedup, sum(abs_rel) / 3, sum(rot) / 3),
+                "per_scene": {"abs_rel": abs_rel, "rot_err_med": rot}}
+
+    records = [
+        rec("fastvggt", "0.9", 1.60, [0.12, 0.10, 0.14], [6.0, 5.0, 7.0]),
+        rec("pace", "0.5", 1.55, [0.11, 0.09, 0.13], [6.5, 5.5, 7.5]),  # within 5%: 0.01 better, 0.5 deg worse
+        rec("pace", "0.3", 2.00, [0.05, 0.05, 0.05], [1.0, 1.0, 1.0]),  # 25% faster: not compared
+    ]
+    rows = [line for line in peers.paired_view(records) if line.startswith("| fastvggt")]
+    assert rows == ["| fastvggt | 0.9 | 1.60x | pace 0.5 | 1.55x | +0.0100 [+0.0100, +0.0100] | -0.50 [-0.50, -0.50] |"]
+
+
 def test_one_run_writes_every_method_with_its_figures(tmp_path):
     from pacegeo.backbone import VGGT, tiny
     from pacegeo.hub import save_backbone
@@ -76,3 +90,6 @@ def test_one_run_writes_every_method_with_its_figures(tmp_path):
     assert base["flops"] == forward_flops(model.config, 3, 84, 84)["total"]
     assert records[("come", "0.9")]["flops"] < base["flops"]  # merged cells: fewer tokens downstream
     assert "dominate" in (tmp_path / "p.md").read_text()
+    # the markdown again from the report alone, measuring nothing
+    assert peers.main(["--json", str(out), "--from-json", "--md", str(tmp_path / "again.md")]) == 0
+    assert (tmp_path / "again.md").read_text() == (tmp_path / "p.md").read_text()
