@@ -40,7 +40,8 @@ import torch
 
 from pacegeo.backbone import VGGT, vggt_1b
 from pacegeo.errors import CheckpointError, PacegeoError
-from pacegeo.pace import STAGES, PaceVGGT, StageClock, backbone_forward_staged
+from pacegeo.pace import PaceVGGT
+from pacegeo.stages import STAGES, StageClock, backbone_forward_staged
 from pacegeo.pruning.checkpoint import load_pruner
 from pacegeo.precision import DTYPE_CHOICES, dtype_name, resolve_dtype
 from pacegeo.pruning import ScorerConfig, TokenScorer, keep_count

@@ -230,7 +230,7 @@ def estimate_peak_memory(
         live_only: on the CPU, count live tensor bytes only (what
             :class:`pacegeo.memtrace.TensorMemoryTracker` measures), without the allocator's slack.
     """
-    from pacegeo.pruning.stream import heads_chunk_for
+    from pacegeo.pruning.stream import frames_chunk_for, heads_chunk_for
 
     device = torch.device(device).type
     cuda = device == "cuda"
@@ -250,7 +250,7 @@ def estimate_peak_memory(
     s, c, d = frames, agg.embed_dim, 2 * agg.embed_dim
     heads = [h for h in (config.depth_head, config.point_head) if h is not None]
     dpt_chunk = min([h.frames_chunk_size or s for h in heads] or [8])
-    frames_chunk = frames_chunk or dpt_chunk
+    frames_chunk = frames_chunk or frames_chunk_for(height * width, dpt_chunk)
     dpt_sizes = [h.frames_chunk_size for h in heads if h.frames_chunk_size]
     heads_chunk = heads_chunk or heads_chunk_for(image_hw, s, min(dpt_sizes, default=None))
     layers = len(config.head_layers())

@@ -25,10 +25,7 @@ temperature of 0.1). The matrix products that carry the cost run in the autocast
 The backbone is frozen (``requires_grad`` off, always in eval mode) and never modified.
 """
 
-import contextlib
-import contextvars
 import logging
-import time
 from dataclasses import replace
 
 import torch
@@ -49,7 +46,7 @@ from pacegeo.pruning.budget import (
 from pacegeo.pruning.early import prune_inside_encoder
 from pacegeo.pruning.merge import TokenReduction, gather_tokens, reduce_tokens, straight_through_mask, topk_mask
 from pacegeo.pruning.restore import FeatureGuidedRestoration, RestorationConfig
-from pacegeo.pruning.stream import default_chunk, streamed_heads
+from pacegeo.pruning.stream import default_chunk, frames_chunk_for, streamed_heads
 from pacegeo.pruning.scorer import TokenScorer
 from pacegeo.pruning.training_free import (
     distinctiveness_scores,
@@ -57,51 +54,11 @@ from pacegeo.pruning.training_free import (
     random_scores,
     standardize_with_coverage,
 )
+from pacegeo.stages import STAGES, StageClock, backbone_forward_staged
 
 logger = logging.getLogger(__name__)
 
 MODES = ("learned", "training-free", "random", "grid")
-STAGES = ("embed", "scorer", "select", "aa", "restoration", "heads")
-
-
-_STAGE_LISTENER: contextvars.ContextVar = contextvars.ContextVar("pacegeo_stage_listener", default=None)
-
-
-@contextlib.contextmanager
-def listen_stages(callback):
-    """Call ``callback(stage)`` each time an enabled :class:`StageClock` finishes a stage inside
-    this block (progress display of long forward passes)."""
-    token = _STAGE_LISTENER.set(callback)
-    try:
-        yield
-    finally:
-        _STAGE_LISTENER.reset(token)
-
-
-class StageClock:
-    """Wall-clock time per stage; synchronises CUDA at every mark. Disabled: does nothing."""
-
-    def __init__(self, device: torch.device, enabled: bool) -> None:
-        self.enabled = enabled
-        self.cuda = device.type == "cuda"
-        self.times: dict[str, float] = {}
-        self._last = self._now() if enabled else 0.0
-
-    def _now(self) -> float:
-        if self.cuda:
-            torch.cuda.synchronize()
-        return time.perf_counter()
-
-    def mark(self, stage: str) -> None:
-        """Charge the time since the previous mark to ``stage``."""
-        if not self.enabled:
-            return
-        now = self._now()
-        self.times[stage] = self.times.get(stage, 0.0) + now - self._last
-        self._last = now
-        listener = _STAGE_LISTENER.get()
-        if listener is not None:
-            listener(stage)
 
 
 def _check_images(images: torch.Tensor) -> torch.Tensor:
@@ -122,29 +79,6 @@ def _to_device(out: dict, device: torch.device | str) -> dict:
             value = [v.to(device) if isinstance(v, torch.Tensor) else v for v in value]
         moved[key] = value
     return moved
-
-
-def backbone_forward_staged(
-    backbone: nn.Module, images: torch.Tensor, clock: StageClock, amp_dtype: torch.dtype | None = None
-) -> dict:
-    """``backbone(images)`` stage by stage (same operations, same outputs), timing each stage."""
-    agg = backbone.aggregator
-    b, s, _, h, w = images.shape
-    ps = agg.config.patch_size
-    with autocast(images.device, amp_dtype):
-        patches = agg.embed(images)
-        clock.mark("embed")
-        tokens = torch.cat((agg.special_tokens(b, s).to(patches.dtype), patches), dim=2)
-        pos = None
-        if agg.rope is not None:
-            pos = repeat(agg.patch_positions(h // ps, w // ps, images.device), "p two -> b s p two", b=b, s=s)
-        entries = agg.run_blocks(tokens, pos, keep_layers=backbone.head_layers())
-        clock.mark("aa")
-        out = backbone.predict(entries, (h, w), agg.patch_start_idx)
-    clock.mark("heads")
-    if not backbone.training:
-        out["images"] = images
-    return out
 
 
 def check_dense_tail(backbone: nn.Module, tail) -> int:
@@ -180,7 +114,9 @@ class PaceVGGT(nn.Module):
             :func:`pacegeo.precision.resolve_dtype` (the autocast region of the whole forward).
         st_temperature: temperature of the straight-through mask of ``forward(..., soft=True)``.
         frames_chunk: frames per chunk of the embedding, scoring and selection of a pruned
-            forward; default: the DPT heads' ``frames_chunk_size``.
+            forward; default (None): :func:`pacegeo.pruning.stream.frames_chunk_for` the image
+            size (the DPT heads' ``frames_chunk_size`` at 518x392, proportionally more of smaller
+            frames).
         heads_chunk: frames per chunk of the restoration and the depth and point heads of a pruned
             forward; default (None): :func:`pacegeo.pruning.stream.heads_chunk_for` the image size
             and the number of frames (two frames of 518x392, more of smaller frames, at most an
@@ -226,7 +162,7 @@ class PaceVGGT(nn.Module):
         for name, value in (("frames_chunk", frames_chunk), ("heads_chunk", heads_chunk)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise InputError(f"{name} must be a positive integer, got {value!r}")
-        self.frames_chunk = frames_chunk or default_chunk(backbone)
+        self.frames_chunk = frames_chunk
         self.heads_chunk = heads_chunk
         #: prune inside the encoder after this many of its blocks (:mod:`pacegeo.pruning.early`); None: before the AA stack
         self.encoder_layer: int | None = None
@@ -255,7 +191,7 @@ class PaceVGGT(nn.Module):
         """DINO patch features ``[B, S, N, C]`` of ``images [B, S, 3, H, W]``, computed
         ``frames_chunk`` frames at a time (the backbone's :meth:`Aggregator.embed` on each chunk)."""
         agg = self.backbone.aggregator
-        s, chunk = images.shape[1], self.frames_chunk
+        s, chunk = images.shape[1], self.chunk_for(images.shape[-2] * images.shape[-1])
         if s <= chunk:
             return agg.embed(images)
         first = agg.embed(images[:, :chunk])
@@ -265,6 +201,14 @@ class PaceVGGT(nn.Module):
         for start in range(chunk, s, chunk):
             feats[:, start : start + chunk] = agg.embed(images[:, start : start + chunk])
         return feats
+
+    def chunk_for(self, pixels_per_frame: int) -> int:
+        """Frames per chunk of the embedding, scoring and selection for frames of this size."""
+        return self.frames_chunk or frames_chunk_for(pixels_per_frame, default_chunk(self.backbone))
+
+    def _feature_chunk(self, feats: torch.Tensor) -> int:
+        """:meth:`chunk_for` the frames behind patch features ``[B, S, N, C]``."""
+        return self.chunk_for(feats.shape[2] * self.backbone.aggregator.config.patch_size ** 2)
 
     def score(self, feats: torch.Tensor, grid_hw: tuple[int, int]) -> torch.Tensor:
         """Importance logits ``[B, S, N]`` (float32) of patch features ``[B, S, N, C]`` for this mode.
@@ -277,9 +221,9 @@ class PaceVGGT(nn.Module):
                 return random_scores(b, s, n, seed=self.seed, device=feats.device)
             if self.mode == "grid":
                 return grid_scores(b, s, grid_hw, device=feats.device)
-            parts = []
-            for start in range(0, s, self.frames_chunk):
-                part = feats[:, start : start + self.frames_chunk]
+            parts, chunk = [], self._feature_chunk(feats)
+            for start in range(0, s, chunk):
+                part = feats[:, start : start + chunk]
                 if self.mode == "learned":
                     logits = self.scorer(part.float(), grid_hw).float()
                     if self.learned_coverage:
@@ -308,7 +252,7 @@ class PaceVGGT(nn.Module):
                 budgets = split_merge_budget(importance_mass(scores, kept_mask), total, pruned)
             else:
                 budgets = torch.zeros(b, s, dtype=torch.long, device=feats.device)
-            width, chunk = max(counts), self.frames_chunk
+            width, chunk = max(counts), self._feature_chunk(feats)
             parts = [
                 reduce_tokens(feats[:, i : i + chunk], scores[:, i : i + chunk], k[i : i + chunk],
                               budgets[:, i : i + chunk], width=width)

@@ -335,7 +335,7 @@ class Pipeline:
         return rec
 
     def _forward(self, images: torch.Tensor, keep: float, seed: int, progress: bool | None = None):
-        from pacegeo.pace import STAGES, StageClock, backbone_forward_staged, listen_stages
+        from pacegeo.stages import STAGES, StageClock, backbone_forward_staged, listen_stages
 
         device = self.device
         batch = images.to(device, non_blocking=True)[None]

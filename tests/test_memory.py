@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-import pacegeo.pace as pace_module
+import pacegeo.stages as stages_module
 from pacegeo.backbone import VGGT, tiny, vggt_1b
 from pacegeo.errors import InputError
 from pacegeo.memory import estimate_peak_memory, fit_report, max_frames, parse_bytes
@@ -24,13 +24,13 @@ def model():
 
 def _traced_phases(monkeypatch, pace, images, keep):
     tracker = TensorMemoryTracker()
-    mark = pace_module.StageClock.mark
+    mark = stages_module.StageClock.mark
 
     def spy(self, stage):
         mark(self, stage)
         tracker.mark("aa" if keep >= 1 and stage == "embed" else NEXT_PHASE[stage])
 
-    monkeypatch.setattr(pace_module.StageClock, "mark", spy)
+    monkeypatch.setattr(stages_module.StageClock, "mark", spy)
     tracker.mark("embed")
     with torch.inference_mode(), tracker:
         pace(images, keep=keep, timings=True)

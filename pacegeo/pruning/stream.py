@@ -68,11 +68,25 @@ def dense_head_layers(backbone: nn.Module) -> list[int]:
 
 
 def default_chunk(backbone: nn.Module) -> int:
-    """Frames per chunk of the embedding, scoring and selection of a pruned forward: the smallest
-    ``frames_chunk_size`` of the DPT heads (8 if none is set)."""
+    """Frames per chunk of the embedding, scoring and selection of a pruned forward on 518x392
+    frames: the smallest ``frames_chunk_size`` of the DPT heads (8 if none is set)."""
     sizes = [h.config.frames_chunk_size for h in (backbone.depth_head, backbone.point_head) if h is not None]
     sizes = [s for s in sizes if s]
     return min(sizes) if sizes else 8
+
+
+#: Pixels per frame at which a chunk of the embedding, scoring and selection holds
+#: :func:`default_chunk` frames (518x392); smaller frames go in proportionally more per chunk (the
+#: per-chunk costs of the encoder, such as its weights cast under autocast, would otherwise double
+#: the embedding time of 32 frames of 154x112).
+EMBED_CHUNK_PIXELS = 518 * 392
+
+
+def frames_chunk_for(pixels_per_frame: int, base_chunk: int) -> int:
+    """Default frames per chunk of the embedding, scoring and selection: ``base_chunk``
+    (:func:`default_chunk`) times how many frames of ``pixels_per_frame`` fit in one of
+    :data:`EMBED_CHUNK_PIXELS` (at least one)."""
+    return base_chunk * max(1, EMBED_CHUNK_PIXELS // pixels_per_frame)
 
 
 class _Outputs:
@@ -118,7 +132,7 @@ def streamed_heads(
         chunk: frames per chunk (default: :func:`heads_chunk_for` the image size and the DPT heads).
         output_device: where the depth and point outputs are gathered (default: their device);
             ``"cpu"`` keeps only one chunk of them on an accelerator.
-        clock: a :class:`pacegeo.pace.StageClock` (or None), charged ``restoration`` and ``heads``.
+        clock: a :class:`pacegeo.stages.StageClock` (or None), charged ``restoration`` and ``heads``.
         dense_from: entries from this index on are already dense (a re-expanded tail of the AA
             stack, :meth:`pacegeo.pace.PaceVGGT.run_dense_tail`) and are read as they are.
     Returns:
@@ -186,6 +200,6 @@ def streamed_heads(
 
 
 __all__ = [
-    "HEADS_CHUNK_FRACTION", "HEADS_CHUNK_PIXELS", "TRIM_MIN_PIXELS", "default_chunk", "dense_head_layers", "heads_chunk_for",
-    "streamed_heads",
+    "EMBED_CHUNK_PIXELS", "HEADS_CHUNK_FRACTION", "HEADS_CHUNK_PIXELS", "TRIM_MIN_PIXELS", "default_chunk", "dense_head_layers",
+    "frames_chunk_for", "heads_chunk_for", "streamed_heads",
 ]
