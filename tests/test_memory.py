@@ -64,6 +64,17 @@ def test_heads_phase_matches_for_chunks_of_several_frames(monkeypatch, model, he
     assert dict(est.phases)["heads"] == pytest.approx(traced.phase_peaks["heads"], rel=0.12)
 
 
+def test_embed_and_select_phases_match_for_chunks_of_frames(monkeypatch, model):
+    """The embedding, scoring and selection in chunks of 4 of 16 frames (feature buffer filled chunk by chunk)."""
+    images = torch.rand(1, 16, 3, 56, 70)
+    pace = PaceVGGT(model, mode="training-free", amp_dtype="float32", frames_chunk=4)
+    traced = _traced_phases(monkeypatch, pace, images, 0.5)
+    est = dict(estimate_peak_memory(model.config, 16, (56, 70), 0.5, None, device="cpu", post=False, live_only=True,
+                                    frames_chunk=4).phases)
+    assert est["embed"] == pytest.approx(traced.phase_peaks["embed"], rel=0.12)
+    assert est["select"] == pytest.approx(traced.phase_peaks["select"], rel=0.3)
+
+
 def test_pruning_shrinks_the_stack_and_its_entries():
     config = vggt_1b()
     full = estimate_peak_memory(config, 500, (392, 518), 1.0, torch.bfloat16, device="cuda")

@@ -76,9 +76,8 @@ def default_chunk(backbone: nn.Module) -> int:
 
 
 #: Pixels per frame at which a chunk of the embedding, scoring and selection holds
-#: :func:`default_chunk` frames (518x392); smaller frames go in proportionally more per chunk (the
-#: per-chunk costs of the encoder, such as its weights cast under autocast, would otherwise double
-#: the embedding time of 32 frames of 154x112).
+#: :func:`default_chunk` frames (518x392); smaller frames go in proportionally more per chunk (32
+#: frames of 154x112 took twice as long to embed in four chunks of 8 as in one).
 EMBED_CHUNK_PIXELS = 518 * 392
 
 
