@@ -27,11 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from pacegeo.backbone import VGGT, VGGTConfig, config_from_dict, config_to_dict, vggt_1b
 from pacegeo.errors import CheckpointError, is_memory_error, option
-from pacegeo.io.outputs import atomic_path
+from pacegeo.io.outputs import save_tensors
 
 logger = logging.getLogger(__name__)
 
@@ -334,14 +334,10 @@ def load_backbone(
 def save_backbone(model: VGGT, path: str | Path, half: bool = False, extra: dict[str, str] | None = None) -> Path:
     """Write ``model`` as safetensors with its config (and ``extra`` strings) in the metadata.
 
-    Written atomically (:func:`pacegeo.io.outputs.atomic_path`): an interrupted save leaves no
+    Written atomically (:func:`pacegeo.io.outputs.save_tensors`): an interrupted save leaves no
     half-written checkpoint.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: (v.half() if half and v.is_floating_point() else v).contiguous().cpu() for k, v in model.state_dict().items()}
+    state = {k: v.half() if half and v.is_floating_point() else v for k, v in model.state_dict().items()}
     meta = {"format": CHECKPOINT_FORMAT, "config": json.dumps(config_to_dict(model.config))}
     meta.update(extra or {})
-    with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata=meta)
-    return path
+    return save_tensors(state, path, meta)

@@ -114,3 +114,22 @@ def test_atomic_write_replaces_a_file_but_not_an_input(work):
         with atomic_write(work / "frames" / "a.png", inputs=[work / "frames"]) as handle:
             handle.write(b"overwritten")
     assert (work / "frames" / "a.png").read_bytes() == b"photo"
+
+
+def test_save_tensors_writes_detached_cpu_tensors_and_leaves_nothing_when_it_fails(tmp_path):
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from pacegeo.io.outputs import save_tensors
+
+    weight = torch.arange(6.0).reshape(2, 3).t().requires_grad_()  # non-contiguous, needs grad
+    path = save_tensors({"w": weight}, tmp_path / "new" / "x.safetensors", {"format": "test"})
+    assert path == tmp_path / "new" / "x.safetensors"
+    torch.testing.assert_close(load_file(str(path))["w"], weight.detach())
+    with safe_open(str(path), "pt") as handle:
+        assert handle.metadata() == {"format": "test"}
+    with pytest.raises(Exception):
+        save_tensors({"w": weight}, path, {"format": 1})  # metadata values must be strings
+    assert sorted(p.name for p in path.parent.iterdir()) == ["x.safetensors"]  # old file kept, no temporary left
+    torch.testing.assert_close(load_file(str(path))["w"], weight.detach())

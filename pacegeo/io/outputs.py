@@ -10,7 +10,8 @@ Every file or folder pacegeo writes goes through this module:
   moves them into place together at the end: either every output appears, or none does and the
   previous files are untouched (a failure while moving rolls back the ones already moved).
 * :func:`atomic_write`, :func:`atomic_path` and :func:`atomic_dir` are the one-output case (an open
-  file, a file name, a folder).
+  file, a file name, a folder); :func:`save_tensors` writes a safetensors file through
+  :func:`atomic_path` (every checkpoint pacegeo writes).
 
 A temporary name is ``.<name>.<8 random characters>.tmp`` (``.old`` for a replaced file kept
 until the set is complete), :data:`TEMP_NAME_EXTRA` bytes longer than the name.
@@ -41,6 +42,7 @@ __all__ = [
     "atomic_path",
     "atomic_write",
     "check_outputs",
+    "save_tensors",
     "describe_os_error",
 ]
 
@@ -337,6 +339,20 @@ def atomic_path(path: str | os.PathLike, inputs: Sequence[str | os.PathLike] = (
     spec = OutputSpec(Path(path))
     with OutputSet([spec], inputs, overwrite=True) as outputs:
         yield outputs.staged(spec)
+
+
+def save_tensors(state: dict, path: str | os.PathLike, metadata: dict[str, str]) -> Path:
+    """Write ``state`` (name -> tensor) as a safetensors file with ``metadata``, atomically: the
+    parent folder is created, the tensors are detached, made contiguous and moved to the CPU, and
+    an interrupted write leaves no half-written file (:func:`atomic_path`). Returns ``path``."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+    return path
 
 
 @contextlib.contextmanager

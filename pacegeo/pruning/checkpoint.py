@@ -12,11 +12,10 @@ from dataclasses import asdict
 from pathlib import Path
 
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 
 from pacegeo.errors import CheckpointError, is_memory_error, option
-from pacegeo.io.outputs import atomic_path
+from pacegeo.io.outputs import save_tensors
 from pacegeo.pace import PaceVGGT
 from pacegeo.pruning.restore import FeatureGuidedRestoration, RestorationConfig
 from pacegeo.pruning.scorer import ScorerConfig, TokenScorer
@@ -28,8 +27,6 @@ __all__ = ["PRUNER_FORMAT", "load_pruner", "save_pruner"]
 
 def save_pruner(model: PaceVGGT, path: str | Path, extra: dict[str, str] | None = None) -> Path:
     """Write the scorer and restoration of ``model`` as safetensors, configs in the metadata."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     from pacegeo.hub import backbone_fingerprint
 
     meta = {
@@ -42,10 +39,7 @@ def save_pruner(model: PaceVGGT, path: str | Path, extra: dict[str, str] | None 
         "learned_coverage": str(model.learned_coverage),
     }
     meta.update(extra or {})
-    state = {k: v.detach().contiguous().cpu() for k, v in model.pruner_state_dict().items()}
-    with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata=meta)
-    return path
+    return save_tensors(model.pruner_state_dict(), path, meta)
 
 
 def _config(cls, text: str, what: str, path: Path):

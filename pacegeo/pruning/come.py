@@ -27,11 +27,10 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 
 from pacegeo.errors import CheckpointError, InputError
-from pacegeo.io.outputs import atomic_path
+from pacegeo.io.outputs import save_tensors
 from pacegeo.precision import autocast, no_autocast, resolve_dtype
 from pacegeo.pruning.early import encoder_blocks, intermediate_features
 from pacegeo.pruning.merge import TokenReduction
@@ -201,15 +200,10 @@ def save_confidence(predictor: ConfidencePredictor, path: str | Path, backbone: 
     """Write the predictor as safetensors (config and backbone fingerprint in the metadata), atomically."""
     from pacegeo.hub import backbone_fingerprint
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"format": COME_FORMAT, "config": json.dumps(asdict(predictor.config)),
             "backbone": getattr(backbone.config, "name", "unknown"),
             "backbone_fingerprint": backbone_fingerprint(backbone), **(extra or {})}
-    state = {k: v.detach().contiguous().cpu() for k, v in predictor.state_dict().items()}
-    with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata=meta)
-    return path
+    return save_tensors(predictor.state_dict(), path, meta)
 
 
 def load_confidence(path: str | Path, backbone: nn.Module) -> ConfidencePredictor:

@@ -36,13 +36,13 @@ from typing import Literal
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from pacegeo.backbone import VGGT, DinoViT, PatchEmbed
 from pacegeo.backbone.aggregator import IMAGENET_MEAN, IMAGENET_STD
 from pacegeo.errors import CheckpointError, InputError, option
-from pacegeo.io.outputs import atomic_path
+from pacegeo.io.outputs import save_tensors
 from pacegeo.pruning.budget import keep_count, validate_keep
 from pacegeo.pruning.merge import gather_tokens, kept_indices, topk_mask
 from pacegeo.pruning.scorer import ScorerConfig, TokenScorer
@@ -379,12 +379,9 @@ def save_vpr(
     """
     if not backbone_fingerprint:
         raise ValueError("save_vpr needs the fingerprint of the backbone the head was trained on")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {f"head.{k}": v for k, v in extractor.head.state_dict().items()}
     if extractor.scorer is not None:
         state.update({f"scorer.{k}": v for k, v in extractor.scorer.state_dict().items()})
-    state = {k: v.detach().contiguous().cpu() for k, v in state.items()}
     meta = {
         "format": VPR_FORMAT,
         **head_metadata(extractor),
@@ -392,9 +389,7 @@ def save_vpr(
         "backbone_fingerprint": backbone_fingerprint,
     }
     meta.update(extra or {})
-    with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata=meta)
-    return path
+    return save_tensors(state, path, meta)
 
 
 def check_vpr_backbone(meta: dict[str, str], path: str | Path, backbone: nn.Module) -> None:

@@ -43,12 +43,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from einops import rearrange
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from pacegeo.backbone import VGGT, DinoViT
 from pacegeo.errors import CheckpointError, InputError
-from pacegeo.io.outputs import atomic_path
+from pacegeo.io.outputs import save_tensors
 from pacegeo.pruning.budget import validate_keep
 from pacegeo.vpr.extract import DescriptorExtractor, EncodedTokens, resolve_vpr
 
@@ -299,9 +299,6 @@ def save_prompt(extractor: PromptExtractor, path: str | Path, backbone: str, bac
     ``backbone``/``backbone_fingerprint``: the frozen backbone they were trained on."""
     if not backbone_fingerprint:
         raise ValueError("save_prompt needs the fingerprint of the backbone the prompts were trained on")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in extractor.trainable_state().items()}
     meta = {
         "format": PROMPT_FORMAT,
         "prompt_config": json.dumps(asdict(extractor.config)),
@@ -309,9 +306,7 @@ def save_prompt(extractor: PromptExtractor, path: str | Path, backbone: str, bac
         "backbone_fingerprint": backbone_fingerprint,
     }
     meta.update(extra or {})
-    with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata=meta)
-    return path
+    return save_tensors(extractor.trainable_state(), path, meta)
 
 
 def load_prompt(name_or_path: str | Path = "pacegeo-tiny-vpr-prompt", backbone: VGGT | str | Path | None = None,

@@ -34,13 +34,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from pacegeo.backbone.config import DinoConfig
 from pacegeo.backbone.encoder import DinoViT
 from pacegeo.errors import CheckpointError, InputError
-from pacegeo.io.outputs import atomic_path
+from pacegeo.io.outputs import save_tensors
 from pacegeo.vpr.extract import DescriptorExtractor, read_vpr_metadata, resolve_vpr
 from pacegeo.vpr.head import WeightedOTConfig, WeightedOTHead
 
@@ -174,9 +174,6 @@ def save_student(student: StudentExtractor, path: str | Path, teacher: str, teac
     """
     if not teacher_backbone_fingerprint:
         raise ValueError("save_student needs the fingerprint of the teacher's backbone")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in student.state_dict().items()}
     meta = {
         "format": STUDENT_FORMAT,
         "student_config": json.dumps(asdict(student.config)),
@@ -186,9 +183,7 @@ def save_student(student: StudentExtractor, path: str | Path, teacher: str, teac
         "teacher_backbone_fingerprint": teacher_backbone_fingerprint,
     }
     meta.update(extra or {})
-    with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata=meta)
-    return path
+    return save_tensors(student.state_dict(), path, meta)
 
 
 def load_student(name_or_path: str | Path = "pacegeo-tiny-vpr-student", device: str | torch.device = "cpu") -> StudentExtractor:

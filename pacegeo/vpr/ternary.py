@@ -33,13 +33,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from pacegeo.backbone import DinoViT
 from pacegeo.backbone.config import DinoConfig
 from pacegeo.errors import CheckpointError, InputError
-from pacegeo.io.outputs import atomic_path
+from pacegeo.io.outputs import save_tensors
 from pacegeo.pruning.budget import keep_count
 from pacegeo.pruning.scorer import ScorerConfig, TokenScorer
 from pacegeo.vpr.extract import (
@@ -301,8 +301,6 @@ def save_ternary_vpr(extractor: TernaryExtractor, path: str | Path, backbone: st
     distilled from (:func:`pacegeo.hub.backbone_fingerprint`)."""
     if not backbone_fingerprint:
         raise ValueError("save_ternary_vpr needs the fingerprint of the teacher backbone")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     layers = {name: list(m.weight.shape) for name, m in extractor.ternary_layers().items()}
     meta = {
         "format": TERNARY_FORMAT,
@@ -314,9 +312,7 @@ def save_ternary_vpr(extractor: TernaryExtractor, path: str | Path, backbone: st
         "backbone_fingerprint": backbone_fingerprint,
     }
     meta.update(extra or {})
-    with atomic_path(path) as tmp:
-        save_file(extractor.checkpoint_tensors(), str(tmp), metadata=meta)
-    return path
+    return save_tensors(extractor.checkpoint_tensors(), path, meta)
 
 
 def _strict_load(module: nn.Module, state: dict[str, torch.Tensor], what: str, path: Path) -> None:
