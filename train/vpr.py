@@ -49,11 +49,18 @@ from pacegeo.errors import CheckpointError, PacegeoError
 from pacegeo.hub import backbone_fingerprint, load_backbone, resolve_weights, save_backbone
 from pacegeo.pruning.budget import keep_count
 from pacegeo.pruning.scorer import ScorerConfig, TokenScorer
-from pacegeo.training.setup import metric_learning, parse_hw
+from pacegeo.training.setup import add_place_options, metric_learning, parse_hw
 from pacegeo.vpr.extract import DescriptorExtractor, distillation_loss, distillation_target, save_vpr
 from pacegeo.vpr.head import GeMConfig, GeMHead, WeightedOTConfig, WeightedOTHead
 from pacegeo.vpr.index import DescriptorIndex, recall_at_1
-from pacegeo.vpr.places import PlaceConfig, images_to_tensor, training_places, validation_places
+from pacegeo.vpr.places import (
+    VIEWS_PER_BATCH_PLACE,
+    PlaceConfig,
+    images_to_tensor,
+    sample_places,
+    training_places,
+    validation_places,
+)
 from pacegeo.vpr.recall import recall_at_n
 
 
@@ -67,13 +74,7 @@ def parse_args(argv=None):
                    help="if the backbone cannot be found, use a randomly initialised pacegeo-tiny (seeded)")
     p.add_argument("--out", type=Path, default=Path("checkpoints/pacegeo-tiny-vpr.safetensors"))
     p.add_argument("--log", type=Path, default=None, help="JSON log (default: runs/vpr/<out stem>.log.json)")
-    p.add_argument("--size", default="112x154", help="HxW of rendered views, multiples of 14")
-    p.add_argument("--train-scenes", type=int, default=80)
-    p.add_argument("--places-per-scene", type=int, default=8)
-    p.add_argument("--views", type=int, default=6, help="rendered views per place (4 drawn per batch)")
-    p.add_argument("--val-scenes", type=int, default=4)
-    p.add_argument("--val-queries", type=int, default=40, help="queries per validation room")
-    p.add_argument("--places-per-batch", type=int, default=24)
+    add_place_options(p)
     p.add_argument("--head-steps", type=int, default=800)
     p.add_argument("--scorer-steps", type=int, default=400)
     p.add_argument("--minutes", type=float, default=8.0,
@@ -262,7 +263,6 @@ def main(argv=None) -> int:
     raw_head = accelerator.unwrap_model(head)
     rng = np.random.default_rng(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
-    p_batch = min(args.places_per_batch, num_places)
     log = {"args": {k: str(v) for k, v in vars(args).items()}, "head": [], "scorer": []}
     best_r1 = val_recall()
     best_state, best_step = copy.deepcopy(raw_head.state_dict()), 0
@@ -270,8 +270,7 @@ def main(argv=None) -> int:
     head.train()
     step = 0
     for step in range(1, args.head_steps + 1):
-        places = rng.choice(num_places, p_batch, replace=False)
-        picks = np.stack([rng.choice(views, 4, replace=False) for _ in places])
+        places, picks = sample_places(rng, num_places, views, args.places_per_batch)
         full = final[places[:, None], picks].reshape(-1, n_tok, c)
         cl = cls[places[:, None], picks].reshape(-1, c) if has_cls else None
         tok = full
@@ -283,7 +282,7 @@ def main(argv=None) -> int:
                 with torch.no_grad():
                     logits = scorer(early[places[:, None], picks].reshape(-1, n_tok, c)[:, None], grid_hw)[:, 0]
                 tok = scorer_subset(full, logits, keep)
-        labels = torch.as_tensor(places, device=device).repeat_interleave(4)
+        labels = torch.as_tensor(places, device=device).repeat_interleave(VIEWS_PER_BATCH_PLACE)
         desc = head(tok, cl)
         loss = loss_fn(desc, labels, miner(desc, labels))
         optimizer.zero_grad(set_to_none=True)

@@ -31,11 +31,18 @@ import torch
 
 from pacegeo.errors import PacegeoError
 from pacegeo.hub import backbone_fingerprint, load_backbone
-from pacegeo.training.setup import metric_learning, parse_hw
+from pacegeo.training.setup import add_place_options, metric_learning, parse_hw
 from pacegeo.vpr.extract import DescriptorExtractor, save_vpr
 from pacegeo.vpr.head import WeightedOTConfig, WeightedOTHead
 from pacegeo.vpr.index import recall_at_1
-from pacegeo.vpr.places import PlaceConfig, images_to_tensor, training_places, validation_places
+from pacegeo.vpr.places import (
+    VIEWS_PER_BATCH_PLACE,
+    PlaceConfig,
+    images_to_tensor,
+    sample_places,
+    training_places,
+    validation_places,
+)
 from pacegeo.vpr.prompt import PromptConfig, PromptExtractor, save_prompt
 
 
@@ -46,13 +53,7 @@ def parse_args(argv=None):
     p.add_argument("--log", type=Path, default=None, help="JSON log (default: runs/vpr_prompt/<out stem>.log.json)")
     p.add_argument("--no-prompt", action="store_true",
                    help="train the frozen-encoder WeightedOTHead with an output projection to --dim instead")
-    p.add_argument("--size", default="112x154", help="HxW of rendered views, multiples of 14")
-    p.add_argument("--train-scenes", type=int, default=80)
-    p.add_argument("--places-per-scene", type=int, default=8)
-    p.add_argument("--views", type=int, default=6, help="rendered views per place (4 drawn per batch)")
-    p.add_argument("--val-scenes", type=int, default=4)
-    p.add_argument("--val-queries", type=int, default=40, help="queries per validation room")
-    p.add_argument("--places-per-batch", type=int, default=16)
+    add_place_options(p, places_per_batch=16)
     p.add_argument("--steps", type=int, default=600)
     p.add_argument("--val-every", type=int, default=100)
     p.add_argument("--minutes", type=float, default=8.0, help="wall-clock cap on the training steps")
@@ -158,7 +159,6 @@ def main(argv=None) -> int:
     sched = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / 50) * (1.0 - 0.8 * min(1.0, s / max(1, args.steps))))
     trainable = {k: v for k, v in model.state_dict().items() if not k.startswith("encoder.")}
-    p_batch = min(args.places_per_batch, num_places)
     log = {"args": {k: str(v) for k, v in vars(args).items()}, "steps": []}
     best_r1, usage = val_recall()
     best_state, best_step = copy.deepcopy(trainable), 0
@@ -168,11 +168,10 @@ def main(argv=None) -> int:
     train_mode()
     step = 0
     for step in range(1, args.steps + 1):
-        places = rng.choice(num_places, p_batch, replace=False)
-        picks = np.stack([rng.choice(views, 4, replace=False) for _ in places])
+        places, picks = sample_places(rng, num_places, views, args.places_per_batch)
         a = train_a[places[:, None], picks].flatten(0, 1)
         b = train_b[places[:, None], picks].flatten(0, 1)
-        labels = torch.as_tensor(places).repeat_interleave(4)
+        labels = torch.as_tensor(places).repeat_interleave(VIEWS_PER_BATCH_PLACE)
         desc, idx = describe(a, b)
         loss = loss_fn(desc, labels, miner(desc, labels))
         if idx is not None:

@@ -36,13 +36,15 @@ import torch
 
 from pacegeo.errors import PacegeoError
 from pacegeo.hub import backbone_fingerprint, load_backbone
-from pacegeo.training.setup import metric_learning, parse_hw
+from pacegeo.training.setup import add_place_options, metric_learning, parse_hw
 from pacegeo.vpr.extract import file_sha256, load_vpr, read_vpr_metadata, resolve_vpr
 from pacegeo.vpr.index import recall_at_1
 from pacegeo.vpr.places import (
     VAL_SCENE_OFFSET,
+    VIEWS_PER_BATCH_PLACE,
     PlaceConfig,
     images_to_tensor,
+    sample_places,
     training_places,
     validation_places,
 )
@@ -58,13 +60,7 @@ def parse_args(argv=None):
     p.add_argument("--out", type=Path, default=Path("checkpoints/pacegeo-tiny-vpr-student.safetensors"))
     p.add_argument("--log", type=Path, default=None, help="JSON log (default: runs/vpr_student/<out stem>.log.json)")
     p.add_argument("--ablation", choices=ABLATIONS, default="full")
-    p.add_argument("--size", default="168x224", help="HxW of rendered views, multiples of 14")
-    p.add_argument("--train-scenes", type=int, default=80)
-    p.add_argument("--places-per-scene", type=int, default=8)
-    p.add_argument("--views", type=int, default=6)
-    p.add_argument("--val-scenes", type=int, default=4)
-    p.add_argument("--val-queries", type=int, default=40)
-    p.add_argument("--places-per-batch", type=int, default=24)
+    add_place_options(p, size="168x224")
     p.add_argument("--steps", type=int, default=800)
     p.add_argument("--val-every", type=int, default=100)
     p.add_argument("--minutes", type=float, default=12.0, help="wall-clock cap on training (data preparation excluded)")
@@ -142,7 +138,6 @@ def main(argv=None) -> int:
     ms_loss = losses.MultiSimilarityLoss(alpha=1.0, beta=50.0, base=0.0, distance=distances.DotProductSimilarity())
     miner = miners.MultiSimilarityMiner(epsilon=args.epsilon, distance=distances.CosineSimilarity())
     rng = np.random.default_rng(args.seed)
-    p_batch = min(args.places_per_batch, num_places)
 
     def validate() -> float:
         student.eval()
@@ -158,10 +153,9 @@ def main(argv=None) -> int:
     student.train()
     step = 0
     for step in range(1, args.steps + 1):
-        places = rng.choice(num_places, p_batch, replace=False)
-        picks = np.stack([rng.choice(views, 4, replace=False) for _ in places])
+        places, picks = sample_places(rng, num_places, views, args.places_per_batch)
         batch = images_to_tensor(images[places[:, None], picks])
-        labels = torch.as_tensor(places).repeat_interleave(4)
+        labels = torch.as_tensor(places).repeat_interleave(VIEWS_PER_BATCH_PLACE)
         tokens, desc = student.tokens(batch)
         teacher_desc = t_desc[places[:, None], picks].reshape(len(labels), -1)
         terms = {}

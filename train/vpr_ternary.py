@@ -40,10 +40,17 @@ import torch.nn.functional as F
 
 from pacegeo.errors import PacegeoError
 from pacegeo.pruning.budget import keep_count
-from pacegeo.training.setup import metric_learning, parse_hw
+from pacegeo.training.setup import add_place_options, metric_learning, parse_hw
 from pacegeo.vpr.extract import load_vpr, read_vpr_metadata, resolve_vpr
 from pacegeo.vpr.index import recall_at_1
-from pacegeo.vpr.places import PlaceConfig, images_to_tensor, training_places, validation_places
+from pacegeo.vpr.places import (
+    VIEWS_PER_BATCH_PLACE,
+    PlaceConfig,
+    images_to_tensor,
+    sample_places,
+    training_places,
+    validation_places,
+)
 from pacegeo.vpr.ternary import TernaryExtractor, save_ternary_vpr, ternary_from_teacher
 
 VAL_ACTIVATION_KEEPS = (1.0, 0.7, 0.4)
@@ -54,18 +61,12 @@ def parse_args(argv=None):
     p.add_argument("--teacher", default="pacegeo-tiny-vpr", help="full-precision VPR checkpoint (its backbone is loaded)")
     p.add_argument("--out", type=Path, default=Path("checkpoints/pacegeo-tiny-vpr-ternary.safetensors"))
     p.add_argument("--log", type=Path, default=None, help="JSON log (default: runs/vpr/<out stem>.log.json)")
-    p.add_argument("--size", default="112x154", help="HxW of rendered views, multiples of 14")
-    p.add_argument("--train-scenes", type=int, default=80)
-    p.add_argument("--places-per-scene", type=int, default=8)
-    p.add_argument("--views", type=int, default=6, help="rendered views per place")
-    p.add_argument("--val-scenes", type=int, default=4)
-    p.add_argument("--val-queries", type=int, default=40, help="queries per validation room")
+    add_place_options(p)
     p.add_argument("--distill-steps", type=int, default=500)
     p.add_argument("--distill-batch", type=int, default=32)
     p.add_argument("--distill-lr", type=float, default=5e-4)
     p.add_argument("--early-weight", type=float, default=1.0, help="weight of the pruning-point MSE")
     p.add_argument("--finetune-steps", type=int, default=100)
-    p.add_argument("--places-per-batch", type=int, default=24)
     p.add_argument("--finetune-lr", type=float, default=5e-5)
     p.add_argument("--token-drop", type=float, default=0.5)
     p.add_argument("--min-activation-keep", type=float, default=0.4)
@@ -244,7 +245,6 @@ def main(argv=None) -> int:
     optimizer = torch.optim.AdamW(list(student.head.parameters()) + list(last.parameters()), lr=args.finetune_lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / 20) * (1.0 - 0.8 * min(1.0, s / args.finetune_steps)))
     prep_pv = prep.reshape(num_places, views, *prep.shape[1:])
-    p_batch = min(args.places_per_batch, num_places)
     rec = val_recall()
     best = (float(np.mean(list(rec.values()))), copy.deepcopy(student.state_dict()), 0)
     print("fine-tune step 0: validation R@1 " + ", ".join(f"{v:.3f} (act {k})" for k, v in rec.items()), flush=True)
@@ -254,8 +254,7 @@ def main(argv=None) -> int:
     for step in range(1, args.finetune_steps + 1):
         student.train()
         set_activation_keep(student, float(rng.uniform(keeps_lo, 1.0)))
-        places = rng.choice(num_places, p_batch, replace=False)
-        picks = np.stack([rng.choice(views, 4, replace=False) for _ in places])
+        places, picks = sample_places(rng, num_places, views, args.places_per_batch)
         tokens = prep_pv[places[:, None], picks].reshape(-1, *prep.shape[1:])
         with torch.no_grad():
             for block in student.blocks[: student.prune_after]:
@@ -266,7 +265,7 @@ def main(argv=None) -> int:
             tokens = block(tokens)
         normed = student.encoder.norm(tokens)
         desc = student.head(normed[:, student.num_special :], normed[:, 0])
-        labels = torch.as_tensor(places).repeat_interleave(4)
+        labels = torch.as_tensor(places).repeat_interleave(VIEWS_PER_BATCH_PLACE)
         loss = loss_fn(desc, labels, miner(desc, labels))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -18,7 +18,7 @@ from pacegeo.pruning.checkpoint import load_pruner
 from pacegeo.precision import DTYPE_CHOICES, mixed_precision_name, resolve_dtype
 from pacegeo.pruning import ScorerConfig, TokenScorer
 
-__all__ = ["image_folder_batches", "metric_learning", "model_size", "parse_hw", "setup_training", "synth_batches",
+__all__ = ["add_place_options", "image_folder_batches", "metric_learning", "model_size", "parse_hw", "setup_training", "synth_batches",
            "training_batches", "training_parser"]
 
 
@@ -41,6 +41,18 @@ def metric_learning():
     except ImportError:
         raise PacegeoError("training needs pytorch-metric-learning: pip install pytorch-metric-learning") from None
     return distances, losses, miners
+
+
+def add_place_options(parser: argparse.ArgumentParser, size: str = "112x154", places_per_batch: int = 24) -> None:
+    """The SynthRooms place options of the VPR trainings (:mod:`pacegeo.vpr.places`): view size,
+    training and validation rooms, places per room, views per place, places per batch."""
+    parser.add_argument("--size", default=size, help="HxW of rendered views, multiples of 14")
+    parser.add_argument("--train-scenes", type=int, default=80)
+    parser.add_argument("--places-per-scene", type=int, default=8)
+    parser.add_argument("--views", type=int, default=6, help="rendered views per place (4 drawn per batch)")
+    parser.add_argument("--val-scenes", type=int, default=4)
+    parser.add_argument("--val-queries", type=int, default=40, help="queries per validation room")
+    parser.add_argument("--places-per-batch", type=int, default=places_per_batch)
 
 
 def image_folder_batches(folder: str, frames: int, batch: int, target_size: int, seed: int):

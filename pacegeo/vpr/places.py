@@ -31,8 +31,9 @@ from pacegeo.vpr.recall import positives_from_poses
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TRAIN_SCENE_OFFSET", "VAL_SCENE_OFFSET", "PlaceConfig", "PlaceSet", "images_to_tensor", "jitter_pose",
-           "make_place_set", "place_centres", "render_places", "training_places", "validation_places"]
+__all__ = ["TRAIN_SCENE_OFFSET", "VAL_SCENE_OFFSET", "VIEWS_PER_BATCH_PLACE", "PlaceConfig", "PlaceSet",
+           "images_to_tensor", "jitter_pose", "make_place_set", "place_centres", "render_places", "sample_places",
+           "training_places", "validation_places"]
 
 #: Room seeds of the VPR trainings: training rooms 10000, 10001, ..., validation rooms 20000, ...
 TRAIN_SCENE_OFFSET = 10_000
@@ -176,6 +177,20 @@ def training_places(scenes: int, places_per_scene: int, views: int, cfg: PlaceCo
 def validation_places(scenes: int, queries_per_scene: int, cfg: PlaceConfig, seed: int = 0) -> PlaceSet:
     """The validation place set over rooms ``VAL_SCENE_OFFSET + 0 .. scenes - 1``."""
     return make_place_set([VAL_SCENE_OFFSET + i for i in range(scenes)], queries_per_scene, cfg, seed=seed)
+
+
+#: Views of each place in a training batch (GSV-Cities style: P places x 4 views).
+VIEWS_PER_BATCH_PLACE = 4
+
+
+def sample_places(rng: np.random.Generator, num_places: int, views: int,
+                  places_per_batch: int) -> tuple[np.ndarray, np.ndarray]:
+    """One training batch: ``min(places_per_batch, num_places)`` distinct places and, for each,
+    :data:`VIEWS_PER_BATCH_PLACE` distinct views of its ``views``. Returns ``places [P]`` and
+    ``picks [P, 4]``; index a ``[num_places, views, ...]`` array with ``[places[:, None], picks]``."""
+    places = rng.choice(num_places, min(places_per_batch, num_places), replace=False)
+    picks = np.stack([rng.choice(views, VIEWS_PER_BATCH_PLACE, replace=False) for _ in places])
+    return places, picks
 
 
 def images_to_tensor(images: np.ndarray) -> torch.Tensor:
