@@ -53,7 +53,7 @@ EVAL_SEED_BASE = 500_000
 def build_runner(backbone, spec: str, learned_coverage: float | None = None, encoder_layer: int | None = None,
                  dense_tail: int = 0):
     """``spec``: ``none``, a pruner name of :func:`pacegeo.models.build_pruner` (``training-free``,
-    ``random``, ``grid``, ``learned``), ``NAME=PATH`` of a pruner file (loaded with
+    ``random``, ``grid``, ``learned``), ``oracle`` or ``oracle-camera`` (:func:`oracle_runner`), ``NAME=PATH`` of a pruner file (loaded with
     ``learned_coverage`` when given, else with the value saved in the file), or ``fastvggt``: no
     pruning, tokens merged inside global attention (:mod:`pacegeo.pruning.global_merge`) with a
     merge ratio of ``1 - keep``. ``encoder_layer`` and ``dense_tail`` set the pruned forward's
@@ -77,10 +77,35 @@ def build_runner(backbone, spec: str, learned_coverage: float | None = None, enc
         extra = {} if learned_coverage is None else {"learned_coverage": learned_coverage}
         pace = load_pruner(path, backbone, **extra).eval()
     else:
-        name, (pace, _) = spec, build_pruner(backbone, spec, amp_dtype="auto")
+        name, (pace, _) = spec, build_pruner(backbone, "learned" if spec in ORACLES else spec, amp_dtype="auto")
     pace.encoder_layer = check_encoder_layer(backbone, encoder_layer)
     pace.dense_tail = check_dense_tail(backbone, dense_tail)
+    if spec in ORACLES:
+        return name, oracle_runner(backbone, pace, ORACLES[spec])
     return name, lambda images, keep: pace(images, keep=keep)
+
+
+#: diagnostic pruners: the bundled learned pruner with its scores replaced by the unpruned model's
+#: own global-attention mass on the same frames (received from every token, or from the camera tokens)
+ORACLES = {"oracle": "all", "oracle-camera": "camera"}
+
+
+def oracle_runner(backbone, pace, queries: str):
+    """The pruned forward of ``pace`` keeping the tokens the unpruned backbone attends to most (a
+    ceiling for any scorer, not a method: it needs an unpruned pass first). Selection, merging and
+    restoration are ``pace``'s; only its scores are replaced by the log attention mass of
+    :func:`pacegeo.pruning.distill.attention_targets`."""
+    from pacegeo.pruning.distill import attention_targets
+
+    def run(images, keep):
+        logits = attention_targets(backbone, images, queries).clamp(min=1e-12).log()
+        pace.score = lambda feats, grid_hw: logits  # shadows the method for this call
+        try:
+            return pace(images, keep=keep)
+        finally:
+            del pace.score
+
+    return run
 
 
 def main(argv=None) -> int:
@@ -199,7 +224,8 @@ def checks_table(records: list[dict], learned: str = "learned", ablation: str = 
     """Markdown rows comparing ``learned`` with the other pruners and with the unpruned model.
 
     For each clip length and keep: the learned value of each metric, the best of the other pruners
-    (``ablation``, the stage-1-only scorer, is reported in its own column instead), whether learned
+    (``ablation``, the stage-1-only scorer, is reported in its own column instead; the oracles are
+    ceilings, not pruners, and are left out), whether learned
     beats it, the 95% interval of that gain over scenes (paired bootstrap; ``-`` for records
     without per-scene values) and the relative change against the unpruned backbone (positive =
     worse). Empty when the records hold no ``learned`` pruner.
@@ -219,7 +245,7 @@ def checks_table(records: list[dict], learned: str = "learned", ablation: str = 
                        f" | {ablation} | vs unpruned |",
                        "|---|---|---|---|---|---|---|---|---|"]
             for key, higher in CHECK_METRICS:
-                others = {n: r[key] for n, r in at.items() if n not in (learned, ablation)}
+                others = {n: r[key] for n, r in at.items() if n not in (learned, ablation, *ORACLES)}
                 abl = f"{at[ablation][key]:.4g}" if ablation in at else "-"
                 mine = at[learned][key]
                 if others:

@@ -1,5 +1,6 @@
 """Stage-1 distillation targets and losses."""
 
+import pytest
 import torch
 
 from pacegeo.backbone import VGGT, tiny
@@ -36,6 +37,32 @@ def test_recorded_mass_equals_an_explicit_attention_computation():
     q, k = attn.rope(attn.q_norm(qkv[0]), captured["pos"]), attn.rope(attn.k_norm(qkv[1]), captured["pos"])
     weights = torch.softmax(q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5, dim=-1)
     torch.testing.assert_close(rec.masses[0], weights.mean(dim=(1, 2)))
+
+
+def test_camera_queries_record_only_the_camera_tokens_rows():
+    torch.manual_seed(0)
+    model = VGGT(tiny(depth=1)).eval()
+    images = torch.rand(1, 3, 3, 28, 28)
+    agg = model.aggregator
+    captured = {}
+    handle = agg.global_blocks[0].register_forward_pre_hook(lambda m, a, k: captured.update(x=a[0], pos=k["pos"]), with_kwargs=True)
+    with GlobalAttentionRecorder(agg, "camera", frames=3) as rec:
+        agg(images)
+    handle.remove()
+    block = agg.global_blocks[0]
+    x = block.norm1(captured["x"])
+    attn = block.attn
+    qkv = attn.qkv(x).reshape(1, x.shape[1], 3, attn.num_heads, -1).permute(2, 0, 3, 1, 4)
+    q, k = attn.rope(attn.q_norm(qkv[0]), captured["pos"]), attn.rope(attn.k_norm(qkv[1]), captured["pos"])
+    weights = torch.softmax(q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5, dim=-1)  # [1, h, S*P, S*P]
+    per_frame = x.shape[1] // 3
+    camera_rows = weights[:, :, [0, per_frame, 2 * per_frame]]  # the first token of each frame
+    torch.testing.assert_close(rec.masses[0], camera_rows.mean(dim=(1, 2)))
+    assert not torch.allclose(rec.masses[0], weights.mean(dim=(1, 2)))
+    target = attention_targets(model, images, "camera")
+    torch.testing.assert_close(target.sum(-1), torch.ones(1, 3))
+    with pytest.raises(ValueError):
+        GlobalAttentionRecorder(agg, "camera")
 
 
 def test_distillation_loss_is_zero_only_for_the_target_ranking():

@@ -432,3 +432,29 @@ def test_combined_cameras_take_rotations_from_one_set_and_centres_from_the_other
     centres = -(mixed[:, :, :3].transpose(1, 2) @ mixed[:, :, 3:])[..., 0]
     true_centres = -(truth[:, :, :3].transpose(1, 2) @ truth[:, :, 3:])[..., 0]
     assert torch.allclose(centres, true_centres, atol=1e-5)
+
+
+def test_attention_oracle_prunes_by_the_unpruned_models_attention_mass():
+    import torch
+
+    from pacegeo.backbone import VGGT, tiny
+    from pacegeo.pace import PaceVGGT
+    from pacegeo.pruning.distill import attention_targets
+
+    synthrooms = _load("synthrooms")
+    torch.manual_seed(0)
+    backbone = VGGT(tiny()).eval()
+    pace = PaceVGGT(backbone, mode="training-free", amp_dtype=None).eval()
+    images = torch.rand(1, 3, 3, 42, 56)
+    seen = []
+    reduce = pace.reduce
+    pace.reduce = lambda feats, scores, counts, ratio: seen.append(scores) or reduce(feats, scores, counts, ratio)
+    for queries in ("all", "camera"):
+        run = synthrooms.oracle_runner(backbone, pace, queries)
+        with torch.inference_mode():
+            out = run(images, 0.5)
+        expected = attention_targets(backbone, images, queries).log()
+        torch.testing.assert_close(seen[-1], expected)  # the scores the selection ranks
+        assert "score" not in vars(pace)  # the learned/training-free scores come back afterwards
+        assert torch.isfinite(out["depth"]).all()
+    assert not torch.allclose(seen[0], seen[1])

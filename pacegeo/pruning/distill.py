@@ -24,10 +24,21 @@ class GlobalAttentionRecorder:
 
     Use as a context manager around ``backbone(images)``; then :meth:`patch_importance` gives
     ``[B, S, N]`` per-frame distributions over patch tokens.
+
+    ``queries``: ``"all"`` (every token of every frame: the stage-1 target) or ``"camera"`` (only
+    the camera tokens, the tokens the camera head reads; needs the number of ``frames``).
     """
 
-    def __init__(self, aggregator: nn.Module) -> None:
+    QUERIES = ("all", "camera")
+
+    def __init__(self, aggregator: nn.Module, queries: str = "all", frames: int | None = None) -> None:
+        if queries not in self.QUERIES:
+            raise ValueError(f"queries must be one of {self.QUERIES}, got {queries!r}")
+        if queries == "camera" and not frames:
+            raise ValueError("camera queries need the number of frames")
         self.aggregator = aggregator
+        self.queries = queries
+        self.frames = frames
         self.masses: list[torch.Tensor] = []
         self._handles = []
 
@@ -38,7 +49,9 @@ class GlobalAttentionRecorder:
         q, k = module.q_norm(qkv[0]), module.k_norm(qkv[1])
         if module.rope is not None and pos is not None:
             q, k = module.rope(q, pos), module.rope(k, pos)
-        attn = torch.softmax((q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5, dim=-1)  # [B, h, N, N]
+        if self.queries == "camera":  # the camera token is the first token of every frame
+            q = q[:, :, :: q.shape[2] // self.frames]
+        attn = torch.softmax((q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5, dim=-1)  # [B, h, Q, N]
         self.masses.append(attn.mean(dim=(1, 2)).float())  # [B, S*P]: mean over heads and queries
 
     def __enter__(self) -> "GlobalAttentionRecorder":
@@ -60,9 +73,10 @@ class GlobalAttentionRecorder:
 
 
 @torch.no_grad()
-def attention_targets(backbone: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """Per-frame attention-mass distributions ``[B, S, N]`` of the unpruned backbone on ``images``."""
-    with GlobalAttentionRecorder(backbone.aggregator) as rec:
+def attention_targets(backbone: nn.Module, images: torch.Tensor, queries: str = "all") -> torch.Tensor:
+    """Per-frame attention-mass distributions ``[B, S, N]`` of the unpruned backbone on ``images``
+    (``queries``: see :class:`GlobalAttentionRecorder`)."""
+    with GlobalAttentionRecorder(backbone.aggregator, queries, images.shape[1]) as rec:
         backbone.aggregator(images, keep_layers=set())
     return rec.patch_importance(images.shape[1])
 
