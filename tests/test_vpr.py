@@ -351,3 +351,19 @@ def test_rendered_views_become_float_images_in_0_1():
     out = images_to_tensor(views)
     assert out.shape == (6, 3, 4, 5) and out.dtype == torch.float32
     assert float(out[4, 2, 3, 1]) == pytest.approx(float(views[1, 1, 3, 1, 2]) / 255.0)
+
+
+def test_photometric_jitter_is_off_at_zero_and_seeded_within_its_ranges():
+    from pacegeo.vpr.places import photometric_jitter
+
+    images = torch.rand(4, 3, 6, 7, generator=torch.Generator().manual_seed(1))
+    assert photometric_jitter(images, 0.0, torch.Generator().manual_seed(0)) is images
+    a = photometric_jitter(images, 0.4, torch.Generator().manual_seed(0))
+    b = photometric_jitter(images, 0.4, torch.Generator().manual_seed(0))
+    assert torch.equal(a, b) and a.shape == images.shape
+    assert 0 <= a.min() and a.max() <= 1 and (a - images).abs().mean() > 0.01
+    # One colour transform per image: a uniform image stays uniform, in a colour of its own.
+    grey = torch.full((64, 3, 2, 2), 0.5)
+    out = photometric_jitter(grey, 0.4, torch.Generator().manual_seed(0))
+    assert torch.allclose(out, out[:, :, :1, :1].expand_as(out))
+    assert out.std(dim=0).mean() > 0.01

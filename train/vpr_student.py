@@ -15,8 +15,9 @@ head, from scratch) is trained on the images with, by ``--ablation``:
 * ``full``: + feature alignment, a cross-attention module (student tokens query the teacher's tokens
   of the same image; ``--align-weight``) that is used in training only.
 
-The student with the best validation recall@1 (checked every ``--val-every`` steps) is written
-with its config and the teacher's identity in the metadata. The bundled student is made with:
+The student with the best validation recall@1 (checked every ``--val-every`` steps), or with
+``--select last`` the student of the last step, is written with its config and the teacher's
+identity in the metadata. The bundled student is made with:
 
     python train/vpr_student.py --threads 1 --out checkpoints/pacegeo-tiny-vpr-student.safetensors
 
@@ -44,6 +45,7 @@ from pacegeo.vpr.places import (
     VIEWS_PER_BATCH_PLACE,
     PlaceConfig,
     images_to_tensor,
+    photometric_jitter,
     sample_places,
     training_places,
     validation_places,
@@ -77,6 +79,10 @@ def parse_args(argv=None):
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--augment", type=float, default=0.0,
+                   help="colour jitter of the student's training views (pacegeo.vpr.places.photometric_jitter; 0: none)")
+    p.add_argument("--select", choices=("best", "last"), default="best",
+                   help="keep the student of the best validation R@1 or the last step")
     return p.parse_args(argv)
 
 
@@ -138,6 +144,7 @@ def main(argv=None) -> int:
     ms_loss = losses.MultiSimilarityLoss(alpha=1.0, beta=50.0, base=0.0, distance=distances.DotProductSimilarity())
     miner = miners.MultiSimilarityMiner(epsilon=args.epsilon, distance=distances.CosineSimilarity())
     rng = np.random.default_rng(args.seed)
+    jitter_rng = torch.Generator().manual_seed(args.seed)
 
     def validate() -> float:
         student.eval()
@@ -154,7 +161,7 @@ def main(argv=None) -> int:
     step = 0
     for step in range(1, args.steps + 1):
         places, picks = sample_places(rng, num_places, views, args.places_per_batch)
-        batch = images_to_tensor(images[places[:, None], picks])
+        batch = photometric_jitter(images_to_tensor(images[places[:, None], picks]), args.augment, jitter_rng)
         labels = torch.as_tensor(places).repeat_interleave(VIEWS_PER_BATCH_PLACE)
         tokens, desc = student.tokens(batch)
         teacher_desc = t_desc[places[:, None], picks].reshape(len(labels), -1)
@@ -181,7 +188,7 @@ def main(argv=None) -> int:
         sched.step()
         if step % args.val_every == 0 or step == args.steps:
             r1 = validate()
-            if r1 > best_r1:
+            if r1 > best_r1 or args.select == "last":
                 best_r1, best_state, best_step = r1, copy.deepcopy(student.state_dict()), step
             entry = {"step": step, "val_R@1": r1, **{k: round(v.item(), 5) for k, v in terms.items()}}
             log["steps"].append(entry)
@@ -190,6 +197,8 @@ def main(argv=None) -> int:
             print(f"stopped at step {step} (time budget)")
             break
     train_seconds = time.perf_counter() - train_start
+    if args.select == "last" and best_step != step:  # stopped by the time cap between checks
+        best_r1, best_state, best_step = validate(), copy.deepcopy(student.state_dict()), step
     student.load_state_dict(best_state)
     student.eval()
     print(f"keeping the student of step {best_step}: validation R@1 {best_r1:.3f} (teacher {teacher_val:.3f}); "

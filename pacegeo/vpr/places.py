@@ -32,7 +32,7 @@ from pacegeo.vpr.recall import positives_from_poses
 logger = logging.getLogger(__name__)
 
 __all__ = ["TRAIN_SCENE_OFFSET", "VAL_SCENE_OFFSET", "VIEWS_PER_BATCH_PLACE", "PlaceConfig", "PlaceSet",
-           "images_to_tensor", "jitter_pose", "make_place_set", "place_centres", "render_places", "sample_places",
+           "images_to_tensor", "jitter_pose", "photometric_jitter", "make_place_set", "place_centres", "render_places", "sample_places",
            "training_places", "validation_places"]
 
 #: Room seeds of the VPR trainings: training rooms 10000, 10001, ..., validation rooms 20000, ...
@@ -197,3 +197,25 @@ def images_to_tensor(images: np.ndarray) -> torch.Tensor:
     """Rendered views ``[..., H, W, 3]`` uint8 -> ``[M, 3, H, W]`` float32 in [0, 1]."""
     flat = images.reshape(-1, *images.shape[-3:])
     return torch.from_numpy(flat).permute(0, 3, 1, 2).float().div(255.0)
+
+
+def photometric_jitter(images: torch.Tensor, strength: float, generator: torch.Generator) -> torch.Tensor:
+    """Colour jitter of a training batch ``[M, 3, H, W]`` in [0, 1]: per image, a contrast and a
+    saturation factor in ``1 +- strength``, per-channel gains (white balance and exposure) in
+    ``1 +- strength / 2`` and a gamma of ``exp(+-strength / 2)``, drawn from ``generator``.
+    ``strength`` 0 returns ``images`` unchanged. Rendered views differ only by sensor noise and
+    exposure; real cameras also differ in colour balance, contrast and tone curve."""
+    if strength <= 0:
+        return images
+    m = images.shape[0]
+
+    def draw(*shape: int) -> torch.Tensor:  # uniform in [-1, 1]
+        return torch.rand(m, *shape, generator=generator).mul(2).sub(1).to(images)
+
+    contrast, saturation = 1 + strength * draw(1, 1, 1), 1 + strength * draw(1, 1, 1)
+    gains, gamma = 1 + 0.5 * strength * draw(3, 1, 1), torch.exp(0.5 * strength * draw(1, 1, 1))
+    out = images.clamp(0, 1).pow(gamma) * gains
+    grey = out.mean(dim=1, keepdim=True)
+    out = grey + saturation * (out - grey)
+    out = out.mean(dim=(1, 2, 3), keepdim=True) + contrast * (out - out.mean(dim=(1, 2, 3), keepdim=True))
+    return out.clamp(0, 1)
