@@ -43,11 +43,12 @@ def metric_learning():
     return distances, losses, miners
 
 
-def add_place_options(parser: argparse.ArgumentParser, size: str = "112x154", places_per_batch: int = 24) -> None:
+def add_place_options(parser: argparse.ArgumentParser, size: str = "112x154", places_per_batch: int = 24,
+                      train_scenes: int = 80) -> None:
     """The SynthRooms place options of the VPR trainings (:mod:`pacegeo.vpr.places`): view size,
     training and validation rooms, places per room, views per place, places per batch."""
     parser.add_argument("--size", default=size, help="HxW of rendered views, multiples of 14")
-    parser.add_argument("--train-scenes", type=int, default=80)
+    parser.add_argument("--train-scenes", type=int, default=train_scenes)
     parser.add_argument("--places-per-scene", type=int, default=8)
     parser.add_argument("--views", type=int, default=6, help="rendered views per place (4 drawn per batch)")
     parser.add_argument("--val-scenes", type=int, default=4)
