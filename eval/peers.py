@@ -62,7 +62,7 @@ SETTINGS = [
     ("unpruned", None),
     *[("fastvggt", r) for r in (0.5, 0.7, 0.9)],
     *[("come", r) for r in (0.3, 0.6, 0.9)],
-    *[("pace", k) for k in (0.7, 0.6, 0.5, 0.3)],
+    *[("pace", k) for k in (0.8, 0.75, 0.7, 0.65, 0.6, 0.5, 0.3)],
     *[("pace-training-free", k) for k in (0.5, 0.3)],
     *[("pace+fastvggt", kr) for kr in ((0.7, 0.9), (0.7, 0.5), (0.5, 0.9), (0.5, 0.5), (0.3, 0.5))],
     *[("pace-encoder", k) for k in (0.5, 0.3)],
