@@ -225,7 +225,8 @@ def test_the_training_script_writes_both_models_loadable_on_their_backbone(tmp_p
     common = ["--backbone", str(weights), "--size", "42x56", "--train-scenes", "2", "--places-per-scene", "3",
               "--views", "4", "--val-scenes", "1", "--val-queries", "4", "--places-per-batch", "3", "--steps", "2",
               "--val-every", "1", "--dim", "32", "--pool", "3"]
-    assert script.main(common + ["--out", str(tmp_path / "p.safetensors"), "--log", str(tmp_path / "p.json")]) == 0
+    assert script.main(common + ["--augment", "0.3", "--out", str(tmp_path / "p.safetensors"),
+                                 "--log", str(tmp_path / "p.json")]) == 0
     assert script.main(common + ["--no-prompt", "--out", str(tmp_path / "o.safetensors"),
                                  "--log", str(tmp_path / "o.json")]) == 0
     loaded = load_backbone(weights)

@@ -7,7 +7,8 @@ prompt pool (its keys start at far-apart training queries); recall@1 on the vali
 best validation state is kept. The prompt-independent part of the frozen encoder (patch embedding,
 the blocks before the prompt insertion and the query class token) is computed once per rendered view;
 every step runs the remaining frozen blocks with the selected prompts, so gradients reach the
-prompt tokens through the frozen attention.
+prompt tokens through the frozen attention. ``--augment`` gives each training view one colour
+jitter, drawn before the caching, so that the views of a place differ in colour balance and tone.
 
 ``--no-prompt`` trains the comparison at equal descriptor size instead: a
 :class:`pacegeo.vpr.head.WeightedOTHead` with a final projection to ``--dim`` on the frozen
@@ -39,6 +40,7 @@ from pacegeo.vpr.places import (
     VIEWS_PER_BATCH_PLACE,
     PlaceConfig,
     images_to_tensor,
+    photometric_jitter,
     sample_places,
     training_places,
     validation_places,
@@ -67,6 +69,9 @@ def parse_args(argv=None):
     p.add_argument("--hidden", type=int, default=128, help="--no-prompt: hidden width of the OT head's MLPs")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--augment", type=float, default=0.0,
+                   help="colour jitter of the training views (pacegeo.vpr.places.photometric_jitter), one draw per "
+                        "view before the frozen encoder's features are cached; 0: none")
     return p.parse_args(argv)
 
 
@@ -126,7 +131,8 @@ def main(argv=None) -> int:
 
         groups = [{"params": list(model.head.parameters()), "lr": args.lr},
                   {"params": list(model.prompts.parameters()), "lr": args.prompt_lr, "weight_decay": 0.0}]
-    train_a, train_b = cache(frozen, images_to_tensor(images))
+    jitter_rng = torch.Generator().manual_seed(args.seed)
+    train_a, train_b = cache(frozen, photometric_jitter(images_to_tensor(images), args.augment, jitter_rng))
     train_a = train_a.reshape(num_places, views, *train_a.shape[1:])
     train_b = train_b.reshape(num_places, views, *train_b.shape[1:])
     rng = np.random.default_rng(args.seed)
