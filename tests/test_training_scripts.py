@@ -1,4 +1,4 @@
-"""Pruner-training scripts (train/distill.py, train/finetune.py) end to end on a random tiny backbone."""
+"""Training scripts (the pruner stages, the VPR head) end to end on a random tiny backbone."""
 
 import csv
 import json
@@ -135,3 +135,20 @@ def test_baseline_weighting_discounts_direction_errors_of_pairs_that_barely_move
     assert weighted < plain / 10
     plain, weighted = (float(deviation(far, teacher, baseline_weighted=w)) for w in (False, True))
     assert weighted > plain > 0.1
+
+
+def test_vpr_training_writes_a_head_and_scorer_loadable_on_its_backbone(backbone_file, tmp_path):
+    pytest.importorskip("pytorch_metric_learning")
+    from pacegeo.vpr import load_vpr
+
+    out = tmp_path / "vpr.safetensors"
+    args = ["--backbone", str(backbone_file), "--size", "42x56", "--train-scenes", "2", "--places-per-scene", "3",
+            "--views", "4", "--val-scenes", "1", "--val-queries", "4", "--places-per-batch", "3",
+            "--head-steps", "2", "--scorer-steps", "2", "--augment", "0.3", "--out", str(out),
+            "--log", str(tmp_path / "vpr.json")]
+    assert _load("vpr").main(args) == 0
+    extractor = load_vpr(out, backbone=load_backbone(str(backbone_file)))
+    assert extractor.scorer is not None
+    images = torch.rand(2, 3, 42, 56)
+    full, pruned = extractor.describe(images), extractor.describe(images, keep=0.5)
+    assert full.shape == pruned.shape and not torch.allclose(full, pruned)

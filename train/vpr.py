@@ -7,7 +7,8 @@ procedurally generated rooms (:mod:`pacegeo.vpr.places`): views within ``view_ra
 apart (or look 45 degrees apart), places of different rooms are different.
 
 Because the backbone is frozen, its encoder features are computed once for every rendered view
-(at the pruning point and at the output) and training runs on these caches:
+(at the pruning point and at the output; with ``--augment``, of the view after one colour jitter)
+and training runs on these caches:
 
 1. the head (:class:`pacegeo.vpr.head.WeightedOTHead`) with the MS loss; with probability
    ``--token-drop`` a batch keeps only a random ``[0.3, 1]`` fraction of each image's tokens, so
@@ -57,6 +58,7 @@ from pacegeo.vpr.places import (
     VIEWS_PER_BATCH_PLACE,
     PlaceConfig,
     images_to_tensor,
+    photometric_jitter,
     sample_places,
     training_places,
     validation_places,
@@ -93,6 +95,9 @@ def parse_args(argv=None):
                    help="train the scorer jointly with the head, which then learns on the tokens the scorer keeps "
                         "(default: head on random token subsets, then the scorer)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--augment", type=float, default=0.0,
+                   help="colour jitter of the training views (pacegeo.vpr.places.photometric_jitter), one draw per "
+                        "view before the encoder features are cached; 0: none")
     return p.parse_args(argv)
 
 
@@ -228,7 +233,9 @@ def main(argv=None) -> int:
     val_set = validation_places(args.val_scenes, args.val_queries, cfg, seed=args.seed)
     print(f"rendered {num_places} places x {views} views from {args.train_scenes} rooms, "
           f"validation {len(val_set.database)} db / {len(val_set.queries)} queries ({time.perf_counter() - t0:.0f} s)")
-    early, final, cls = cache_features(extractor, images_to_tensor(images).to(device))
+    jitter_rng = torch.Generator().manual_seed(args.seed)
+    views_in = photometric_jitter(images_to_tensor(images), args.augment, jitter_rng)
+    early, final, cls = cache_features(extractor, views_in.to(device))
     n_tok, c = final.shape[1], final.shape[2]
     early = early.reshape(num_places, views, n_tok, c)
     final = final.reshape(num_places, views, n_tok, c)
@@ -316,7 +323,7 @@ def main(argv=None) -> int:
         ])
     k_half = keep_count(0.5, n_tok)
     for s_step in range(1, args.scorer_steps + 1):
-        idx = torch.as_tensor(rng.choice(flat_early.shape[0], 128, replace=False))
+        idx = torch.as_tensor(rng.choice(flat_early.shape[0], min(128, flat_early.shape[0]), replace=False))
         logits = scorer(flat_early[idx][:, None], grid_hw)[:, 0]
         loss = distillation_loss(logits, targets[idx])
         s_opt.zero_grad(set_to_none=True)
