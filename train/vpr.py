@@ -76,7 +76,7 @@ def parse_args(argv=None):
                    help="if the backbone cannot be found, use a randomly initialised pacegeo-tiny (seeded)")
     p.add_argument("--out", type=Path, default=Path("checkpoints/pacegeo-tiny-vpr.safetensors"))
     p.add_argument("--log", type=Path, default=None, help="JSON log (default: runs/vpr/<out stem>.log.json)")
-    add_place_options(p)
+    add_place_options(p, augment=0.0)
     p.add_argument("--head-steps", type=int, default=800)
     p.add_argument("--scorer-steps", type=int, default=400)
     p.add_argument("--minutes", type=float, default=8.0,
@@ -95,9 +95,6 @@ def parse_args(argv=None):
                    help="train the scorer jointly with the head, which then learns on the tokens the scorer keeps "
                         "(default: head on random token subsets, then the scorer)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--augment", type=float, default=0.0,
-                   help="colour jitter of the training views (pacegeo.vpr.places.photometric_jitter), one draw per "
-                        "view before the encoder features are cached; 0: none")
     return p.parse_args(argv)
 
 

@@ -55,7 +55,7 @@ def parse_args(argv=None):
     p.add_argument("--log", type=Path, default=None, help="JSON log (default: runs/vpr_prompt/<out stem>.log.json)")
     p.add_argument("--no-prompt", action="store_true",
                    help="train the frozen-encoder WeightedOTHead with an output projection to --dim instead")
-    add_place_options(p, places_per_batch=16, train_scenes=200)
+    add_place_options(p, places_per_batch=16, train_scenes=200, augment=0.3)
     p.add_argument("--steps", type=int, default=600)
     p.add_argument("--val-every", type=int, default=100)
     p.add_argument("--minutes", type=float, default=8.0, help="wall-clock cap on the training steps")
@@ -69,9 +69,6 @@ def parse_args(argv=None):
     p.add_argument("--hidden", type=int, default=128, help="--no-prompt: hidden width of the OT head's MLPs")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--augment", type=float, default=0.3,
-                   help="colour jitter of the training views (pacegeo.vpr.places.photometric_jitter), one draw per "
-                        "view before the frozen encoder's features are cached; 0: none")
     return p.parse_args(argv)
 
 

@@ -15,6 +15,9 @@ head, from scratch) is trained on the images with, by ``--ablation``:
 * ``full``: + feature alignment, a cross-attention module (student tokens query the teacher's tokens
   of the same image; ``--align-weight``) that is used in training only.
 
+``--augment`` jitters the colours of the student's views in every batch (the teacher's outputs are
+computed once, on the unjittered views).
+
 The student of the last step (or with ``--select best`` the one with the best validation recall@1,
 checked every ``--val-every`` steps) is written with its config and the teacher's
 identity in the metadata. The bundled student is made with:
@@ -62,7 +65,7 @@ def parse_args(argv=None):
     p.add_argument("--out", type=Path, default=Path("checkpoints/pacegeo-tiny-vpr-student.safetensors"))
     p.add_argument("--log", type=Path, default=None, help="JSON log (default: runs/vpr_student/<out stem>.log.json)")
     p.add_argument("--ablation", choices=ABLATIONS, default="full")
-    add_place_options(p, size="168x224", train_scenes=200)
+    add_place_options(p, size="168x224", train_scenes=200, augment=0.3)
     p.add_argument("--steps", type=int, default=1200)
     p.add_argument("--val-every", type=int, default=100)
     p.add_argument("--minutes", type=float, default=60.0, help="wall-clock cap on training (data preparation excluded)")
@@ -79,8 +82,6 @@ def parse_args(argv=None):
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--augment", type=float, default=0.3,
-                   help="colour jitter of the student's training views (pacegeo.vpr.places.photometric_jitter; 0: none)")
     p.add_argument("--select", choices=("best", "last"), default="last",
                    help="keep the student of the best validation R@1 or the last step")
     return p.parse_args(argv)

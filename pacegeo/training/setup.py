@@ -44,9 +44,10 @@ def metric_learning():
 
 
 def add_place_options(parser: argparse.ArgumentParser, size: str = "112x154", places_per_batch: int = 24,
-                      train_scenes: int = 80) -> None:
+                      train_scenes: int = 80, augment: float | None = None) -> None:
     """The SynthRooms place options of the VPR trainings (:mod:`pacegeo.vpr.places`): view size,
-    training and validation rooms, places per room, views per place, places per batch."""
+    training and validation rooms, places per room, views per place, places per batch, and, for the
+    trainings that jitter their views (``augment`` not None: its default), ``--augment``."""
     parser.add_argument("--size", default=size, help="HxW of rendered views, multiples of 14")
     parser.add_argument("--train-scenes", type=int, default=train_scenes)
     parser.add_argument("--places-per-scene", type=int, default=8)
@@ -54,6 +55,10 @@ def add_place_options(parser: argparse.ArgumentParser, size: str = "112x154", pl
     parser.add_argument("--val-scenes", type=int, default=4)
     parser.add_argument("--val-queries", type=int, default=40, help="queries per validation room")
     parser.add_argument("--places-per-batch", type=int, default=places_per_batch)
+    if augment is not None:
+        parser.add_argument("--augment", type=float, default=augment,
+                            help="colour jitter strength of the training views (pacegeo.vpr.places.photometric_jitter); "
+                                 "0: none")
 
 
 def image_folder_batches(folder: str, frames: int, batch: int, target_size: int, seed: int):
